@@ -1,0 +1,16 @@
+"""From scratch: the backbone architecture, randomly initialised and trained on the task alone."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from vdd_bench.backbones import build_backbone
+from vdd_bench.method import Method, TaskContext, register_method
+
+
+@register_method("scratch")
+class Scratch(Method):
+    uses_pretrained = False
+
+    def build(self, ctx: TaskContext) -> nn.Module:
+        return build_backbone(ctx.spec, ctx.num_classes)

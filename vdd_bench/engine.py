@@ -1,0 +1,207 @@
+"""The one training loop every method runs through.
+
+Deterministic by construction: the order of the training images and every random augmentation of an
+epoch come from a generator seeded by (seed, phase, epoch), and the lr is a pure function of the epoch,
+so resuming from an epoch-end checkpoint replays exactly what an uninterrupted run would have done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from vdd_bench.augment import AugmentSpec, augment_batch
+from vdd_bench.device import Device
+from vdd_bench.errors import VddError
+from vdd_bench.method import Method, Phase, TaskContext
+from vdd_bench.store import atomic_write_bytes
+
+CHECKPOINT_FORMAT = "vdd-train-state/1"
+
+
+@dataclass
+class LabelledImages:
+    images: torch.Tensor  # uint8 [N, 3, S, S]
+    labels: torch.Tensor  # int64 [N]
+
+
+def epoch_generator(seed: int, phase: int, epoch: int) -> torch.Generator:
+    digest = hashlib.sha256(f"{seed}/{phase}/{epoch}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+def make_optimizer(groups: list[dict[str, Any]], phase: Phase) -> torch.optim.Optimizer:
+    for group in groups:
+        group.setdefault("weight_decay", phase.weight_decay)
+        group["base_lr"] = group.get("lr", phase.lr)
+        group["lr"] = group["base_lr"]
+    if phase.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=phase.lr, momentum=phase.momentum)
+    if phase.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=phase.lr)
+    raise VddError(f"unknown optimizer {phase.optimizer!r} in phase {phase.name}: use sgd or adam")
+
+
+def set_epoch_lr(optimizer: torch.optim.Optimizer, phase: Phase, epoch: int) -> float:
+    factor = phase.lr_at(epoch) / phase.lr
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * factor
+    return phase.lr * factor
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_state(path: Path, digest: str) -> dict[str, Any] | None:
+    """The saved training state of this run, or None when there is none (or it belongs to another config)."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a torn or foreign file: start over rather than crash or mis-resume
+        raise VddError(f"unreadable checkpoint {path} ({exc}): delete it to restart the run") from None
+    if state.get("format") != CHECKPOINT_FORMAT or state.get("config") != digest:
+        return None
+    return state
+
+
+class Trainer:
+    def __init__(
+        self,
+        method: Method,
+        ctx: TaskContext,
+        device: Device,
+        seed: int,
+        checkpoint: Path,
+        digest: str,
+        progress: bool = True,
+        label: str = "",
+        on_epoch_end: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.method = method
+        self.ctx = ctx
+        self.device = device
+        self.seed = seed
+        self.checkpoint = checkpoint
+        self.digest = digest
+        self.progress = progress
+        self.label = label
+        self.on_epoch_end = on_epoch_end
+
+    def fit(
+        self, model: nn.Module, data: LabelledImages, augment: AugmentSpec
+    ) -> tuple[nn.Module, list[dict]]:
+        phases = self.method.phases(self.ctx)
+        start_phase, start_epoch, history = 0, 0, []
+        state = load_state(self.checkpoint, self.digest)
+        optimizer_state = None
+        if state is not None:
+            model = self.method.restore_structure(model, state["structure"], self.ctx)
+            model.load_state_dict(state["model"])
+            start_phase, start_epoch, history = state["phase"], state["epoch"], state["history"]
+            optimizer_state = state.get("optimizer")
+        model = self.device.prepare_model(model)
+        total = sum(p.epochs for p in phases)
+        done = sum(p.epochs for p in phases[:start_phase]) + start_epoch
+        bar = tqdm(
+            total=total, initial=done, desc=self.label, disable=not self.progress, leave=False, unit="ep"
+        )
+        for index in range(start_phase, len(phases)):
+            phase = phases[index]
+            optimizer = make_optimizer(self.method.param_groups(model, phase, self.ctx), phase)
+            if optimizer_state is not None and index == start_phase and start_epoch > 0:
+                optimizer.load_state_dict(optimizer_state)
+            first = start_epoch if index == start_phase else 0
+            for epoch in range(first, phase.epochs):
+                lr = set_epoch_lr(optimizer, phase, epoch)
+                generator = epoch_generator(self.seed, index, epoch)
+                loss = self._epoch(model, optimizer, data, augment, phase, generator)
+                if not np.isfinite(loss):
+                    raise VddError(
+                        f"{self.label}: loss became {loss} in phase {phase.name} epoch {epoch + 1}; "
+                        "the last good "
+                        f"checkpoint is kept in {self.checkpoint}: lower the lr and relaunch"
+                    )
+                history.append({"phase": phase.name, "epoch": epoch + 1, "lr": lr, "loss": loss})
+                self._save(model, optimizer, index, epoch + 1, history)
+                bar.update(1)
+                if self.on_epoch_end is not None:
+                    self.on_epoch_end(index, epoch + 1)
+            model = self.method.end_phase(model, phase, self.ctx)
+            model = self.device.prepare_model(model)
+            self._save(model, None, index + 1, 0, history)
+        bar.close()
+        return model, history
+
+    def _epoch(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        data: LabelledImages,
+        augment: AugmentSpec,
+        phase: Phase,
+        generator: torch.Generator,
+    ) -> float:
+        self.method.train_mode(model)
+        count = len(data.labels)
+        order = torch.randperm(count, generator=generator)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device.torch_device)
+        seen = 0
+        for start in range(0, count, phase.batch_size):
+            batch = order[start : start + phase.batch_size]
+            if len(batch) < 2:  # a single image breaks BatchNorm in training mode
+                continue
+            images = augment_batch(data.images[batch], augment, train=True, generator=generator)
+            images = self.device.prepare_batch(images.to(self.device.torch_device, non_blocking=True))
+            labels = data.labels[batch].to(self.device.torch_device, non_blocking=True)
+            with self.device.autocast():
+                loss = self.method.loss(model, images, labels, self.ctx)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach().double() * len(batch)
+            seen += len(batch)
+        return float(loss_sum) / max(seen, 1)
+
+    def _save(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer | None, phase: int, epoch: int, history: list
+    ) -> None:
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.digest,
+            "phase": phase,
+            "epoch": epoch,
+            "structure": self.method.structure(model),
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "history": history,
+        }
+        save_state(self.checkpoint, state)
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, images: torch.Tensor, augment: AugmentSpec, device: Device, batch_size: int = 256
+) -> np.ndarray:
+    """Class index predicted for every image (test-time transform of the recipe)."""
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = augment_batch(images[start : start + batch_size], augment, train=False)
+        batch = device.prepare_batch(batch.to(device.torch_device))
+        with device.autocast():
+            logits = model(batch)
+        out.append(logits.argmax(dim=1).cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)

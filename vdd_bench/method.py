@@ -1,0 +1,174 @@
+"""The method interface: a method owns the model surgery, the harness owns the loop and the accounting.
+
+A method says how to build its model from the pre-trained backbone, which parameters train with which
+optimizer settings (`param_groups`), its loss, and its training phases. Everything measured (accuracy,
+score, parameters, FLOPs) is computed by the harness from the model the method returns, so numbers stay
+comparable across methods. Adding a method is one file in `methods/` with a class decorated by
+`@register_method("name")`; packages outside the project register through the `vdd_bench.methods`
+entry-point group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vdd_bench.backbones import Backbone, BackboneSpec, build_backbone
+from vdd_bench.errors import VddError
+from vdd_bench.registry import Registry
+
+METHODS: Registry[type[Method]] = Registry("method", "methods", "vdd_bench.methods")
+register_method = METHODS.register
+
+# The residual-adapters recipe (Rebuffi et al.) shared by the baselines: SGD, momentum 0.9, lr 0.1,
+# 120 epochs with the lr divided by 10 at epochs 80 and 100, batch 128, weight decay 5e-4.
+SGD_RECIPE: dict[str, Any] = {
+    "epochs": 120,
+    "lr": 0.1,
+    "optimizer": "sgd",
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "milestones": [80 / 120, 100 / 120],
+    "gamma": 0.1,
+    "batch_size": 128,
+}
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One stage of training with its own optimizer; milestones are fractions of the phase's epochs."""
+
+    name: str
+    epochs: int
+    lr: float
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    milestones: tuple[float, ...] = ()
+    gamma: float = 0.1
+    batch_size: int = 128
+
+    def lr_at(self, epoch: int) -> float:
+        passed = sum(1 for m in self.milestones if epoch >= round(m * self.epochs))
+        return self.lr * self.gamma**passed
+
+
+@dataclass
+class TaskContext:
+    task: str
+    num_classes: int
+    spec: BackboneSpec
+    pretrained: dict[str, torch.Tensor] | None  # state dict of the pre-trained backbone
+    pretrained_classes: int
+    hparams: dict[str, Any]
+    input_size: int
+
+
+def resolve_hparams(defaults: dict[str, Any], overrides: dict[str, Any], method: str) -> dict[str, Any]:
+    """Defaults overridden by the user; unknown keys and values of the wrong type are refused."""
+    resolved = dict(defaults)
+    for key, value in overrides.items():
+        if key not in defaults:
+            raise VddError(
+                f"unknown hyper-parameter {key!r} for method {method}: known are {sorted(defaults)}"
+            )
+        resolved[key] = coerce(value, defaults[key], f"{method}.{key}")
+    return resolved
+
+
+def coerce(value: Any, like: Any, name: str) -> Any:
+    """Bring a value (often a string from the command line) to the type of the default it replaces."""
+    try:
+        if isinstance(like, bool):
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if isinstance(like, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if isinstance(like, float):
+            return float(value)
+        if isinstance(like, list):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            item_like = like[0] if like else 0.0
+            return [coerce(v, item_like, name) for v in items if v != ""]
+        if isinstance(like, str):
+            if not isinstance(value, str):
+                raise ValueError(value)
+            return value
+    except (TypeError, ValueError):
+        raise VddError(f"bad value {value!r} for {name}: expected a {type(like).__name__}") from None
+    return value
+
+
+class Method:
+    """Base class. The default is plain supervised training of every trainable parameter."""
+
+    name: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = SGD_RECIPE
+    uses_pretrained: ClassVar[bool] = True
+
+    def build(self, ctx: TaskContext) -> nn.Module:
+        raise NotImplementedError
+
+    def phases(self, ctx: TaskContext) -> list[Phase]:
+        hp = ctx.hparams
+        return [
+            Phase(
+                name="train",
+                epochs=hp["epochs"],
+                lr=hp["lr"],
+                optimizer=hp["optimizer"],
+                momentum=hp["momentum"],
+                weight_decay=hp["weight_decay"],
+                milestones=tuple(hp["milestones"]),
+                gamma=hp["gamma"],
+                batch_size=hp["batch_size"],
+            )
+        ]
+
+    def param_groups(self, model: nn.Module, phase: Phase, ctx: TaskContext) -> list[dict[str, Any]]:
+        """Groups for the optimizer; a group may set its own "lr" / "weight_decay", else the phase's apply."""
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+
+    def train_mode(self, model: nn.Module) -> None:
+        model.train()
+
+    def loss(
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, ctx: TaskContext
+    ) -> torch.Tensor:
+        return F.cross_entropy(model(images), labels)
+
+    def end_phase(self, model: nn.Module, phase: Phase, ctx: TaskContext) -> nn.Module:
+        """Surgery between phases (pruning, ...); the returned model continues training."""
+        return model
+
+    def structure(self, model: nn.Module) -> dict[str, Any]:
+        """What `restore_structure` needs to rebuild a model changed by surgery (JSON-safe)."""
+        return {}
+
+    def restore_structure(self, model: nn.Module, structure: dict[str, Any], ctx: TaskContext) -> nn.Module:
+        return model
+
+
+def pretrained_backbone(ctx: TaskContext) -> Backbone:
+    """The pre-trained network with a fresh classifier for the task."""
+    if ctx.pretrained is None:
+        raise VddError(
+            f"task {ctx.task}: this method needs a pre-trained backbone; pass --backbone-checkpoint"
+        )
+    model = build_backbone(ctx.spec, ctx.pretrained_classes)
+    model.load_state_dict(ctx.pretrained)
+    model.reset_classifier(ctx.num_classes)
+    return model
+
+
+def get_method(name: str) -> Method:
+    return METHODS.get(name)()
