@@ -11,7 +11,7 @@ PUBLISHED_PATH = Path(__file__).resolve().parent.parent / "results" / "reference
 
 
 def published_rows() -> list[dict]:
-    """Rows ``{"method", "accuracy" (task -> % or None), "score", "params_m", "gflops", "source", ...}``."""
+    """Rows: method, accuracies (task -> %, {} if unpublished), score, params (millions), gflops, source."""
     try:
         doc = json.loads(PUBLISHED_PATH.read_text())
     except (OSError, json.JSONDecodeError) as e:
