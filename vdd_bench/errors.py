@@ -1,0 +1,14 @@
+"""User-facing errors: the CLI prints `error: <message>` and exits with status 2.
+
+A message is one line that names the file or value at fault and says what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class VddError(Exception):
+    """An error the user can fix; its message is one line naming the file or value and the fix."""
+
+
+class DataError(VddError):
+    """A benchmark root, annotation file, image or cache file that cannot be used as it is."""
