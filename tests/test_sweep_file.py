@@ -1,0 +1,53 @@
+"""Sweep files are parsed safely and checked against a schema before anything runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vdd_bench.errors import VddError
+from vdd_bench.method import resolve_hparams
+from vdd_bench.sweep import SweepSpec
+
+
+def test_a_valid_sweep_file_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(
+        "benchmark: data\nmethods: [finetune, feature]\nseeds: [0, 1]\nhparams:\n  all: {lr: 0.01}\n"
+    )
+    spec = SweepSpec.from_file(path)
+    assert spec.method_names() == ["finetune", "feature"]
+    assert spec.overrides_for("finetune") == {"lr": 0.01}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("benchmark: data\nmethod: [finetune]\n", "unknown key 'method'"),
+        ("benchmark: data\nseeds: 3\n", "seeds must be list"),
+        ("benchmark: data\nseeds: [a]\n", "seeds must be a list of integers"),
+        ("methods: [finetune]\n", "'benchmark'"),
+        ("benchmark: data\nepoch_scale: fast\n", "epoch_scale must be"),
+        ("- a\n- b\n", "must be a mapping"),
+        ("benchmark: [unclosed\n", "cannot read sweep file"),
+    ],
+)
+def test_bad_sweep_files_are_refused_with_the_file_named(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    with pytest.raises(VddError, match=message) as info:
+        SweepSpec.from_file(path)
+    assert str(path) in str(info.value)
+
+
+def test_hyper_parameters_are_checked_and_typed() -> None:
+    defaults = {"lr": 0.1, "epochs": 120, "milestones": [0.5], "optimizer": "sgd"}
+    resolved = resolve_hparams(defaults, {"lr": "0.01", "epochs": "3", "milestones": "0.3,0.6"}, "m")
+    assert resolved == {"lr": 0.01, "epochs": 3, "milestones": [0.3, 0.6], "optimizer": "sgd"}
+    with pytest.raises(VddError, match="unknown hyper-parameter 'lrr'"):
+        resolve_hparams(defaults, {"lrr": 1}, "m")
+    with pytest.raises(VddError, match="bad value 'x' for m.epochs"):
+        resolve_hparams(defaults, {"epochs": "x"}, "m")
+    with pytest.raises(VddError, match="hparams.all.nope"):
+        SweepSpec(benchmark="d", methods=["finetune"], hparams={"all": {"nope": 1}}).overrides_for("finetune")

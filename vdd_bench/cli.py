@@ -1,0 +1,400 @@
+"""The `vdd` command line.
+
+click gives nested commands, typed options and help text without hand-written argument parsing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from vdd_bench.errors import VddError
+
+RESULTS = click.option(
+    "--results",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("results"),
+    envvar="VDD_RESULTS",
+    show_default=True,
+    help="Folder of the run store (env VDD_RESULTS).",
+)
+DEVICE = click.option("--device", default=None, help="cpu, cuda or cuda:N (default: a GPU when present).")
+PROGRESS = click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars.")
+SETS = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a hyper-parameter.")
+EPOCH_SCALE = click.option(
+    "--epoch-scale",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Multiply every *epochs hyper-parameter.",
+)
+
+
+def parse_sets(sets: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise VddError(f"bad --set {item!r}: write KEY=VALUE, e.g. --set lr=0.01")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _device(name: str | None):
+    from vdd_bench.device import pick_device
+
+    return pick_device(name)
+
+
+class Cli(click.Group):
+    """Turns the harness's one-line errors into `error: ...` and exit status 2, without a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except VddError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=Cli)
+@click.version_option(package_name="vdd-bench")
+def main() -> None:
+    """vdd-bench: the Visual Decathlon harness."""
+
+
+@main.command()
+@RESULTS
+@DEVICE
+@PROGRESS
+@click.option("--methods", default="all", show_default=True, help="Comma-separated methods, or all.")
+def demo(results: Path, device: str | None, progress: bool, methods: str) -> None:
+    """The main job on the toy decathlon: data, pre-training, every method on every task, leaderboard."""
+    from vdd_bench.demo import run_demo
+
+    table, summary = run_demo(
+        results, "all" if methods == "all" else methods.split(","), _device(device), progress
+    )
+    click.echo(table)
+    _report_failures(summary)
+
+
+def _report_failures(summary) -> None:
+    for run_id, error in summary.failed:
+        click.echo(f"failed: {run_id}: {error.splitlines()[0] if error else ''}", err=True)
+    if summary.failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--method", required=True)
+@click.option("--task", required=True)
+@click.option(
+    "--benchmark", "root", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option("--backbone-checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--backbone", default=None, help="Architecture for runs without pre-training (e.g. resnet26).")
+@click.option("--width", type=float, default=1.0, show_default=True)
+@click.option("--test-labels", type=click.Path(exists=True, path_type=Path))
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resolution", type=int, default=None, help="Stored image size (default 72; toy 36).")
+@click.option("--recipe", type=click.Choice(["residual_adapters", "nettailor"]), default="residual_adapters")
+@click.option("--protocol", type=click.Choice(["train", "trainval"]), default="train")
+@SETS
+@EPOCH_SCALE
+@RESULTS
+@DEVICE
+@PROGRESS
+def run(
+    method,
+    task,
+    root,
+    backbone_checkpoint,
+    backbone,
+    width,
+    test_labels,
+    seed,
+    resolution,
+    recipe,
+    protocol,
+    sets,
+    epoch_scale,
+    results,
+    device,
+    progress,
+) -> None:
+    """Run one method on one task (skipped when already done) and print its record."""
+    from vdd_bench.backbones import BackboneSpec
+    from vdd_bench.benchmark import Benchmark
+    from vdd_bench.runner import execute, plan_run
+
+    bench = Benchmark.open(root, test_labels)
+    spec = BackboneSpec(backbone, width=width) if backbone else None
+    request = plan_run(
+        bench,
+        task,
+        method,
+        parse_sets(sets),
+        seed,
+        backbone_checkpoint,
+        spec,
+        resolution,
+        recipe,
+        protocol,
+        test_labels,
+        epoch_scale,
+    )
+    record = execute(request, results, _device(device), progress)
+    click.echo(
+        json.dumps(
+            {"run_id": record["run_id"], "metrics": record["metrics"], "accounting": record["accounting"]},
+            indent=2,
+        )
+    )
+
+
+@main.command()
+@click.option("--file", "sweep_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--benchmark", "root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--methods", default=None, help="Comma-separated (default all).")
+@click.option("--tasks", default=None, help="Comma-separated (default all).")
+@click.option("--seeds", default=None, help="Comma-separated integers (default 0).")
+@click.option("--backbone-checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--launcher", type=click.Choice(["local"]), default="local", show_default=True)
+@click.option("--dry-run", is_flag=True, help="List the runs and whether they are done; run nothing.")
+@SETS
+@EPOCH_SCALE
+@RESULTS
+@DEVICE
+@PROGRESS
+def sweep(
+    sweep_file,
+    root,
+    methods,
+    tasks,
+    seeds,
+    backbone_checkpoint,
+    launcher,
+    dry_run,
+    sets,
+    epoch_scale,
+    results,
+    device,
+    progress,
+) -> None:
+    """Methods x tasks x seeds on one benchmark, from a sweep file and/or options; done runs are skipped."""
+    from vdd_bench.launchers import LocalLauncher
+    from vdd_bench.store import RunStore
+    from vdd_bench.sweep import SweepSpec
+
+    data: dict[str, Any] = {}
+    if sweep_file:
+        import yaml
+
+        data = yaml.safe_load(sweep_file.read_text()) or {}
+        if not isinstance(data, dict):
+            raise VddError(f"{sweep_file}: a sweep file must be a mapping of keys to values")
+    options = {
+        "benchmark": str(root) if root else None,
+        "methods": methods.split(",") if methods else None,
+        "tasks": tasks.split(",") if tasks else None,
+        "seeds": [int(s) for s in seeds.split(",")] if seeds else None,
+        "backbone_checkpoint": str(backbone_checkpoint) if backbone_checkpoint else None,
+        "epoch_scale": epoch_scale if epoch_scale != 1.0 else None,
+    }
+    data.update({k: v for k, v in options.items() if v is not None})
+    if sets:
+        data.setdefault("hparams", {}).setdefault("all", {}).update(parse_sets(sets))
+    spec = SweepSpec.from_mapping(data, str(sweep_file or "command line"))
+    base = sweep_file.parent if sweep_file and not root else Path.cwd()
+    requests = spec.expand(base)
+    if dry_run:
+        store = RunStore(results)
+        for request in requests:
+            state = "done" if store.is_done(request.config.run_id) else "todo"
+            click.echo(f"{state}\t{request.config.run_id}")
+        return
+    summary = LocalLauncher(results, _device(device), progress).launch(requests)
+    click.echo(
+        f"{len(requests)} runs: {summary.done_before} already done, {summary.completed} completed, "
+        f"{len(summary.failed)} failed"
+    )
+    _report_failures(summary)
+
+
+@main.command()
+@RESULTS
+@click.option("--format", "fmt", type=click.Choice(["markdown", "latex", "csv", "json"]), default="markdown")
+@click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True)
+@click.option("--benchmark", "fingerprint", default=None, help="Only this benchmark fingerprint.")
+def leaderboard(results: Path, fmt: str, split: str, fingerprint: str | None) -> None:
+    """Tables of every finished run, grouped by benchmark and backbone, with the decathlon score."""
+    from vdd_bench.leaderboard import build_groups, render
+    from vdd_bench.store import RunStore
+
+    records = [
+        r
+        for r in RunStore(results).done_records()
+        if fingerprint is None or r["config"]["benchmark"] == fingerprint
+    ]
+    if not records:
+        raise VddError(f"no finished runs under {results}: run `vdd demo` or `vdd sweep` first")
+    click.echo(render(build_groups(records, split), fmt, split))
+
+
+@main.command()
+@click.option(
+    "--benchmark", "root", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option(
+    "--task", default=None, help="Source task (default: imagenet12, the toy's source, or the largest)."
+)
+@click.option("--backbone", default="resnet26", show_default=True)
+@click.option("--width", type=float, default=1.0, show_default=True)
+@click.option("--stem-relu", is_flag=True, help="ResNet-26: ReLU after the stem (NetTailor's variant).")
+@click.option("--resolution", type=int, default=None)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@SETS
+@EPOCH_SCALE
+@RESULTS
+@DEVICE
+@PROGRESS
+def pretrain(
+    root, task, backbone, width, stem_relu, resolution, out, sets, epoch_scale, results, device, progress
+) -> None:
+    """Train a backbone on the source task and save the checkpoint that later runs start from."""
+    from vdd_bench.backbones import BackboneSpec
+    from vdd_bench.benchmark import Benchmark
+    from vdd_bench.pretrain import pretrain as run_pretrain
+
+    spec = BackboneSpec(backbone, width=width, stem_relu=stem_relu)
+    path = run_pretrain(
+        Benchmark.open(root),
+        results,
+        spec,
+        task,
+        resolution,
+        parse_sets(sets),
+        epoch_scale,
+        out=out,
+        device=_device(device),
+        progress=progress,
+    )
+    click.echo(str(path))
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--labels",
+    type=click.Path(exists=True, path_type=Path),
+    help="Test labels (a folder of <task>_test.json or one such file) to score a predictions file.",
+)
+@click.option("--json", "as_json", is_flag=True)
+def score(file: Path, labels: Path | None, as_json: bool) -> None:
+    """Decathlon score of per-task accuracies (JSON) or of a challenge predictions file with --labels."""
+    from vdd_bench.scoring_cli import score_file
+
+    click.echo(score_file(file, labels, as_json))
+
+
+@main.command("backbone-info")
+@click.argument("name")
+@click.option("--size", type=int, default=None, help="Input size (default 64 for resnet26, 224 otherwise).")
+@click.option("--width", type=float, default=1.0, show_default=True)
+@click.option("--classes", type=int, default=1000, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def backbone_info(name: str, size: int | None, width: float, classes: int, as_json: bool) -> None:
+    """Parameters (total and without the classifier) and MACs of a backbone, from a real forward pass."""
+    from vdd_bench.accounting import count_macs, count_parameters
+    from vdd_bench.backbones import BackboneSpec, build_backbone
+
+    size = size or (64 if name == "resnet26" else 224)
+    model = build_backbone(BackboneSpec(name, width=width), classes)
+    info = {
+        "backbone": name,
+        "width": width,
+        "input_size": size,
+        "classes": classes,
+        "params": count_parameters(model),
+        "params_without_classifier": count_parameters(model, include_classifier=False),
+        "macs": count_macs(model, size),
+        "blocks": len(model.blocks),
+    }
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(
+        f"{name} (width {width:g}) at {size}x{size}, {classes} classes: "
+        f"{info['params'] / 1e6:.2f}M parameters, "
+        f"{info['params_without_classifier'] / 1e6:.2f}M without the classifier, "
+        f"{info['macs'] / 1e9:.3f} GMACs "
+        f"(multiply-accumulates, the papers' 'GFLOPs'), {info['blocks']} blocks"
+    )
+
+
+@main.command("methods")
+def list_methods() -> None:
+    """The registered methods and their default hyper-parameters."""
+    from vdd_bench.method import METHODS
+
+    for name in METHODS.names():
+        click.echo(f"{name}: {json.dumps(METHODS.get(name).defaults)}")
+
+
+@main.group()
+def data() -> None:
+    """Check, pack and generate benchmark roots in the decathlon-1.0 format."""
+
+
+@data.command("verify")
+@click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--test-labels", type=click.Path(exists=True, path_type=Path))
+@click.option("--no-images", is_flag=True, help="Check the annotations only, not every image file.")
+def data_verify(root: Path, test_labels: Path | None, no_images: bool) -> None:
+    """Check a root before spending GPU hours on it; exit 1 when it has errors."""
+    from vdd_bench.verify import format_report, verify
+
+    report = verify(root, test_labels, check_images=not no_images, progress=sys.stderr.isatty())
+    click.echo(format_report(report))
+    if not report.ok:
+        sys.exit(1)
+
+
+@data.command("pack")
+@click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--size", type=int, default=72, show_default=True, help="Stored image size (the recipe's resize)."
+)
+@click.option("--tasks", default=None, help="Comma-separated (default all).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Default: <results>/cache/<fingerprint>-s<size>.h5, which training reads automatically.",
+)
+@RESULTS
+def data_pack(root: Path, size: int, tasks: str | None, out: Path | None, results: Path) -> None:
+    """Write the HDF5 uint8 cache that training reads instead of decoding JPEGs."""
+    from vdd_bench.benchmark import Benchmark
+    from vdd_bench.cache import default_cache_path, pack
+
+    bench = Benchmark.open(root)
+    path = pack(
+        bench, out or default_cache_path(results, bench, size), size, tasks.split(",") if tasks else None
+    )
+    click.echo(str(path))
+
+
+@data.command("toy")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", type=int, default=0, show_default=True)
+def data_toy(out: Path, seed: int) -> None:
+    """Write the toy decathlon (the embedded default) in the official format."""
+    from tasks.toy import generate_toy
+
+    click.echo(str(generate_toy(out, seed)))

@@ -1,0 +1,49 @@
+"""The main job on the embedded default: the toy decathlon, the local launcher, the CPU.
+
+It generates the toy data if missing, pre-trains the toy backbone if missing, runs every registered method
+on every toy task (runs already done are skipped) and returns the leaderboard of the toy benchmark.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tasks.toy import TOY_SOURCE, generate_toy
+from vdd_bench.backbones import BackboneSpec
+from vdd_bench.benchmark import Benchmark
+from vdd_bench.device import Device
+from vdd_bench.launchers import LaunchSummary, LocalLauncher
+from vdd_bench.leaderboard import build_groups, render
+from vdd_bench.pretrain import pretrain
+from vdd_bench.store import RunStore
+from vdd_bench.sweep import SweepSpec
+
+TOY_BACKBONE = BackboneSpec("resnet26", width=0.25)
+# Schedules shrunk for CPU minutes: the methods' published recipes scaled by TOY_EPOCH_SCALE
+# (120 -> 6 epochs for the SGD recipe), on batches small enough for a few hundred training images.
+TOY_EPOCH_SCALE = 0.05
+TOY_HPARAMS = {"all": {"batch_size": 32}}
+TOY_PRETRAIN = {"epochs": 15, "batch_size": 64, "milestones": [0.6, 0.85]}
+
+
+def run_demo(
+    results: Path, methods: list[str] | str = "all", device: Device | None = None, progress: bool = True
+) -> tuple[str, LaunchSummary]:
+    results = Path(results)
+    root = generate_toy(results / "toy" / "data")
+    bench = Benchmark.open(root)
+    checkpoint = pretrain(
+        bench, results, TOY_BACKBONE, TOY_SOURCE, overrides=TOY_PRETRAIN, device=device, progress=progress
+    )
+    sweep = SweepSpec(
+        benchmark=str(root),
+        methods=methods,
+        backbone_checkpoint=str(checkpoint),
+        epoch_scale=TOY_EPOCH_SCALE,
+        hparams=TOY_HPARAMS,
+    )
+    requests = sweep.expand()
+    summary = LocalLauncher(results, device, progress).launch(requests)
+    ids = {request.config.run_id for request in requests}
+    records = [r for r in RunStore(results).done_records() if r["run_id"] in ids]
+    return render(build_groups(records)), summary

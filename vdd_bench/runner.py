@@ -1,0 +1,243 @@
+"""Execute one run: read data and the backbone, train through the engine, evaluate, account, record."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tasks.generic import task_facts
+from vdd_bench.accounting import count_macs, parameter_split
+from vdd_bench.augment import make_spec
+from vdd_bench.backbones import BackboneSpec, load_checkpoint
+from vdd_bench.benchmark import Benchmark
+from vdd_bench.cache import default_cache_path
+from vdd_bench.config import RunConfig
+from vdd_bench.device import Device, pick_device
+from vdd_bench.engine import LabelledImages, Trainer, predict, save_state
+from vdd_bench.errors import VddError
+from vdd_bench.images import load_split_images
+from vdd_bench.method import METHODS, TaskContext, get_method, resolve_hparams
+from vdd_bench.normalization import task_mean_std
+from vdd_bench.store import RunStore, atomic_write_bytes
+
+MODEL_FORMAT = "vdd-model/1"  # model.pt: the final weights (+ the structure a method's surgery left)
+_FINGERPRINTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_fingerprint(path: Path) -> str:
+    """Content hash of a checkpoint (12 hex), memoised per (path, size, mtime) for sweeps of many runs."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _FINGERPRINTS:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        _FINGERPRINTS[key] = digest.hexdigest()[:12]
+    return _FINGERPRINTS[key]
+
+
+def default_resolution(bench: Benchmark) -> int:
+    if bench.kind == "toy":
+        from tasks.toy import TOY_RESOLUTION
+
+        return TOY_RESOLUTION
+    return 72
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """A semantic config plus where its inputs live on this machine (paths never enter the run id)."""
+
+    config: RunConfig
+    root: Path
+    backbone_checkpoint: Path | None
+    test_labels: Path | None = None
+
+
+def plan_run(
+    bench: Benchmark,
+    task: str,
+    method: str,
+    overrides: dict[str, Any] | None = None,
+    seed: int = 0,
+    backbone_checkpoint: Path | None = None,
+    spec: BackboneSpec | None = None,
+    resolution: int | None = None,
+    recipe: str = "residual_adapters",
+    protocol: str = "train",
+    test_labels: Path | None = None,
+    epoch_scale: float = 1.0,
+    role: str | None = None,
+) -> RunRequest:
+    """Resolve everything a run depends on into its config; refuse what cannot run before any work starts."""
+    if task not in bench.tasks:
+        raise VddError(
+            f"unknown task {task!r} in {bench.root}: choose one of {', '.join(bench.task_names())}"
+        )
+    method_cls = METHODS.get(method)
+    hparams = resolve_hparams(method_cls.defaults, overrides or {}, method)
+    if epoch_scale != 1.0:
+        hparams = {
+            k: max(1, round(v * epoch_scale)) if k.endswith("epochs") else v for k, v in hparams.items()
+        }
+    if protocol not in ("train", "trainval"):
+        raise VddError(f"unknown protocol {protocol!r}: use train or trainval")
+    if backbone_checkpoint is not None:
+        ckpt_spec, _, _ = load_checkpoint(backbone_checkpoint)
+        if spec is not None and spec != ckpt_spec:
+            raise VddError(f"{backbone_checkpoint} holds a {ckpt_spec}, not the requested {spec}")
+        spec = ckpt_spec
+    elif method_cls.uses_pretrained:
+        raise VddError(
+            f"method {method} starts from a pre-trained backbone: pass --backbone-checkpoint (vdd pretrain)"
+        )
+    if spec is None:
+        raise VddError("no backbone: pass --backbone-checkpoint or --backbone")
+    backbone: dict[str, Any] = {**spec.to_dict(), "checkpoint": None}
+    if method_cls.uses_pretrained:
+        backbone["checkpoint"] = file_fingerprint(backbone_checkpoint)
+    config = RunConfig(
+        benchmark=bench.fingerprint,
+        benchmark_kind=bench.kind,
+        task=task,
+        method=method,
+        hparams=hparams,
+        backbone=backbone,
+        resolution=resolution or default_resolution(bench),
+        recipe=recipe,
+        protocol=protocol,
+        seed=seed,
+        extra={"role": role} if role else {},
+    )
+    return RunRequest(config, Path(bench.root), backbone_checkpoint, test_labels)
+
+
+def execute(
+    request: RunRequest,
+    results: Path,
+    device: Device | None = None,
+    progress: bool = True,
+    on_epoch_end: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Run to completion (resuming from the last epoch-end checkpoint) and return the record."""
+    store = RunStore(results)
+    config = request.config
+    existing = store.record(config.run_id)
+    if existing is not None:
+        return existing
+    device = device or pick_device()
+    folder = store.start(config)
+    bench = Benchmark.open(request.root, request.test_labels)
+    if bench.fingerprint != config.benchmark:
+        raise VddError(
+            f"the annotations under {request.root} changed since the run was planned: plan it again"
+        )
+    task = config.task
+    size = config.resolution
+    cache = default_cache_path(Path(results), bench, size)
+    cache = cache if cache.exists() else None
+    splits = {name: bench.split(task, name) for name in ("train", "val", "test")}
+    images = {name: load_split_images(bench, index, size, cache) for name, index in splits.items()}
+    mean, std = task_mean_std(bench, task, images["train"], Path(results))
+    augment = make_spec(config.recipe, task, size, mean, std)
+
+    fit_names = ["train", "val"] if config.protocol == "trainval" else ["train"]
+    train = LabelledImages(
+        images=torch.from_numpy(np.concatenate([images[n] for n in fit_names])),
+        labels=torch.from_numpy(np.concatenate([splits[n].labels for n in fit_names])),
+    )
+    pretrained, pretrained_classes = None, 0
+    if config.backbone["checkpoint"] is not None:
+        _, pretrained, _ = load_checkpoint(request.backbone_checkpoint)
+        pretrained_classes = pretrained["classifier.weight"].shape[0]
+    spec = BackboneSpec.from_dict({k: v for k, v in config.backbone.items() if k != "checkpoint"})
+    method = get_method(config.method)
+    ctx = TaskContext(
+        task=task,
+        num_classes=bench.tasks[task].num_classes,
+        spec=spec,
+        pretrained=pretrained,
+        pretrained_classes=pretrained_classes,
+        hparams=config.hparams,
+        input_size=augment.crop,
+    )
+    torch.manual_seed(config.seed)
+    model = method.build(ctx)
+    trainer = Trainer(
+        method,
+        ctx,
+        device,
+        config.seed,
+        folder / "checkpoint.pt",
+        config.digest(),
+        progress=progress,
+        label=f"{config.method}/{task}",
+        on_epoch_end=on_epoch_end,
+    )
+    started = time.perf_counter()
+    model, history = trainer.fit(model, train, augment)
+    train_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    metrics: dict[str, Any] = {}
+    arrays: dict[str, np.ndarray] = {
+        "category_ids": np.asarray(bench.tasks[task].category_ids, dtype=np.int64)
+    }
+    for name in ("val", "test"):
+        pred = predict(model, torch.from_numpy(images[name]), augment, device)
+        labels = splits[name].labels
+        arrays[f"{name}_image_ids"] = np.asarray(splits[name].image_ids, dtype=np.int64)
+        arrays[f"{name}_pred"] = pred.astype(np.int64)
+        arrays[f"{name}_labels"] = labels if labels is not None else np.full(len(pred), -1, dtype=np.int64)
+        usable = labels is not None and not (name == "val" and config.protocol == "trainval")
+        metrics[f"{name}_acc"] = float(100.0 * np.mean(pred == labels)) if usable else None
+    eval_seconds = time.perf_counter() - started
+
+    cpu_model = copy.deepcopy(model).cpu().float()
+    accounting = parameter_split(cpu_model, pretrained or {})
+    accounting["macs"] = count_macs(cpu_model, augment.crop)
+    accounting["input_size"] = augment.crop
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write_bytes(folder / "predictions.npz", buffer.getvalue())
+    save_state(
+        folder / "model.pt",
+        {"format": MODEL_FORMAT, "structure": method.structure(cpu_model), "model": cpu_model.state_dict()},
+    )
+    facts = task_facts(task) if bench.kind == "decathlon" else None
+    record = {
+        "benchmark": {
+            "kind": bench.kind,
+            "name": bench.name,
+            "fingerprint": bench.fingerprint,
+            "tasks": bench.task_names(),
+        },
+        "task": task,
+        "method": config.method,
+        "num_classes": ctx.num_classes,
+        "official_baseline_acc": facts.baseline_acc if facts else None,
+        "metrics": metrics,
+        "history": history,
+        "accounting": accounting,
+        "timing": {
+            "train_s": round(train_seconds, 3),
+            "eval_s": round(eval_seconds, 3),
+            "device": device.describe(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+    }
+    store.finish(config, record)
+    (folder / "checkpoint.pt").unlink(missing_ok=True)
+    return record

@@ -1,0 +1,106 @@
+"""`vdd score`: the decathlon score of a file of per-task accuracies or of a challenge predictions file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+from tasks.decathlon import DECATHLON, OFFICIAL_ORDER
+from vdd_bench.errors import VddError
+from vdd_bench.score import decathlon_score, official_baselines, score_predictions
+
+_BY_SHORT = {facts.short.lower(): name for name, facts in DECATHLON.items()}
+
+
+def task_name(key: str, source: Path) -> str:
+    """Official task names, or the papers' column labels (ImNet, Airc, ...)."""
+    if key in DECATHLON:
+        return key
+    if key.lower() in _BY_SHORT:
+        return _BY_SHORT[key.lower()]
+    raise VddError(f"{source}: {key!r} is not a decathlon task; use one of {', '.join(OFFICIAL_ORDER)}")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise VddError(f"{path} is not valid JSON ({exc}): fix or regenerate it") from None
+
+
+def load_test_labels(path: Path) -> tuple[dict[int, int], dict[int, str]]:
+    """Labels from `<task>_test.json` files (COCO style, with annotations): one file or a folder of them."""
+    if path.is_dir():
+        files = sorted(path.glob("*_test.json")) or sorted((path / "annotations").glob("*_test.json"))
+    else:
+        files = [path]
+    if not files:
+        raise VddError(f"no <task>_test.json files in {path}: pass the folder holding the test labels")
+    labels: dict[int, int] = {}
+    task_of_image: dict[int, str] = {}
+    for file in files:
+        task = file.name.removesuffix("_test.json")
+        content = read_json(file)
+        if not isinstance(content, dict) or "annotations" not in content:
+            raise VddError(f"{file} has no 'annotations': it is not a test-labels file")
+        for ann in content["annotations"]:
+            labels[int(ann["image_id"])] = int(ann["category_id"])
+            task_of_image[int(ann["image_id"])] = task
+    return labels, task_of_image
+
+
+def accuracy_rows(path: Path, labels: Path | None) -> dict[str, dict[str, float]]:
+    content = read_json(path)
+    if isinstance(content, list):
+        if labels is None:
+            raise VddError(f"{path} is a predictions file: pass --labels with the test labels to score it")
+        truth, task_of_image = load_test_labels(labels)
+        return {path.stem: score_predictions(content, truth, task_of_image)}
+    if not isinstance(content, dict) or not content:
+        raise VddError(
+            f"{path}: expected {{task: accuracy %}}, {{name: {{task: accuracy %}}}} or a predictions list"
+        )
+    if all(isinstance(v, dict) for v in content.values()):
+        rows = content
+    else:
+        rows = {path.stem: content}
+    out = {}
+    for name, accs in rows.items():
+        try:
+            out[name] = {task_name(k, path): float(v) for k, v in accs.items()}
+        except (TypeError, ValueError):
+            raise VddError(f"{path}: the accuracies of {name!r} must be numbers (percent)") from None
+    return out
+
+
+def score_file(path: Path, labels: Path | None = None, as_json: bool = False) -> str:
+    baselines = official_baselines()
+    results = {}
+    for name, accs in accuracy_rows(path, labels).items():
+        unknown = [t for t in accs if t not in baselines]
+        if unknown:
+            raise VddError(
+                f"{path}: no official baseline for {', '.join(unknown)}; only decathlon tasks are scored"
+            )
+        scored = decathlon_score(accs, {t: baselines[t] for t in accs})
+        results[name] = {"accuracy": accs, **scored}
+    if as_json:
+        return json.dumps(results, indent=2)
+    headers = ["", *(DECATHLON[t].short for t in OFFICIAL_ORDER), "Score"]
+    rows = []
+    for name, result in results.items():
+        per_task = result["per_task"]
+        rows.append(
+            [
+                name,
+                *(round(per_task[t]) if t in per_task else None for t in OFFICIAL_ORDER),
+                round(result["total"]),
+            ]
+        )
+    table = tabulate(rows, headers, tablefmt="github", missingval="–")
+    incomplete = [n for n, r in results.items() if len(r["per_task"]) < len(OFFICIAL_ORDER)]
+    note = f"\n(partial: {', '.join(incomplete)} lack some tasks, scored as 0)" if incomplete else ""
+    return table + note

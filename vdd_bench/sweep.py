@@ -1,0 +1,138 @@
+"""A sweep: methods x tasks x seeds on one benchmark, read from a YAML file or the command line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vdd_bench.backbones import BackboneSpec
+from vdd_bench.benchmark import Benchmark
+from vdd_bench.errors import VddError
+from vdd_bench.method import METHODS
+from vdd_bench.runner import RunRequest, plan_run
+
+
+@dataclass
+class SweepSpec:
+    benchmark: str
+    methods: list[str] | str = "all"
+    tasks: list[str] | str = "all"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    backbone_checkpoint: str | None = None
+    backbone: dict[str, Any] | None = (
+        None  # spec for methods without pre-training when no checkpoint is given
+    )
+    test_labels: str | None = None
+    resolution: int | None = None
+    recipe: str = "residual_adapters"
+    protocol: str = "train"
+    epoch_scale: float = 1.0
+    hparams: dict[str, dict[str, Any]] = field(default_factory=dict)  # per method; "all" for every method
+
+    @classmethod
+    def from_mapping(cls, data: Any, source: str) -> SweepSpec:
+        """Validate a parsed sweep file: unknown keys and wrong types are refused with the file named."""
+        if not isinstance(data, dict):
+            raise VddError(f"{source}: a sweep file must be a mapping of keys to values")
+        known = {f.name: f for f in fields(cls)}
+        for key in data:
+            if key not in known:
+                raise VddError(f"{source}: unknown key {key!r}; known keys are {', '.join(sorted(known))}")
+        checks = {
+            "benchmark": (str,),
+            "methods": (list, str),
+            "tasks": (list, str),
+            "seeds": (list,),
+            "backbone_checkpoint": (str, type(None)),
+            "backbone": (dict, type(None)),
+            "test_labels": (str, type(None)),
+            "resolution": (int, type(None)),
+            "recipe": (str,),
+            "protocol": (str,),
+            "epoch_scale": (int, float),
+            "hparams": (dict,),
+        }
+        for key, value in data.items():
+            if not isinstance(value, checks[key]) or isinstance(value, bool):
+                expected = " or ".join(t.__name__ for t in checks[key])
+                raise VddError(f"{source}: {key} must be {expected}, got {value!r}")
+        if "seeds" in data and not all(isinstance(s, int) for s in data["seeds"]):
+            raise VddError(f"{source}: seeds must be a list of integers, got {data['seeds']!r}")
+        if "benchmark" not in data:
+            raise VddError(f"{source}: the key 'benchmark' (a decathlon-format root) is required")
+        for method, values in data.get("hparams", {}).items():
+            if not isinstance(values, dict):
+                raise VddError(f"{source}: hparams.{method} must be a mapping of hyper-parameters to values")
+        return cls(**data)
+
+    @classmethod
+    def from_file(cls, path: Path) -> SweepSpec:
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise VddError(f"cannot read sweep file {path}: {str(exc).splitlines()[0]}") from None
+        return cls.from_mapping(data, str(path))
+
+    def method_names(self) -> list[str]:
+        return (
+            METHODS.names()
+            if self.methods == "all"
+            else [self.methods]
+            if isinstance(self.methods, str)
+            else list(self.methods)
+        )
+
+    def overrides_for(self, method: str) -> dict[str, Any]:
+        """The "all" section applies the keys a method knows; a key that no method of the sweep knows is
+        an error."""
+        common = self.hparams.get("all", {})
+        for key in common:
+            if not any(key in METHODS.get(m).defaults for m in self.method_names()):
+                raise VddError(f"hparams.all.{key} is a hyper-parameter of none of the sweep's methods")
+        for name in self.hparams:
+            if name != "all" and name not in self.method_names():
+                raise VddError(
+                    f"hparams.{name}: {name} is not one of the sweep's methods {self.method_names()}"
+                )
+        defaults = METHODS.get(method).defaults
+        return {**{k: v for k, v in common.items() if k in defaults}, **self.hparams.get(method, {})}
+
+    def expand(self, base: Path | None = None) -> list[RunRequest]:
+        """Every run of the sweep, planned (ids computed, inputs checked) but not executed."""
+        base = base or Path.cwd()
+        labels = base / self.test_labels if self.test_labels else None
+        bench = Benchmark.open(base / self.benchmark, labels)
+        tasks = (
+            bench.task_names()
+            if self.tasks == "all"
+            else [self.tasks]
+            if isinstance(self.tasks, str)
+            else self.tasks
+        )
+        checkpoint = base / self.backbone_checkpoint if self.backbone_checkpoint else None
+        spec = BackboneSpec.from_dict(self.backbone) if self.backbone else None
+        requests = []
+        for method in self.method_names():
+            overrides = self.overrides_for(method)
+            for task in tasks:
+                for seed in self.seeds:
+                    requests.append(
+                        plan_run(
+                            bench,
+                            task,
+                            method,
+                            overrides,
+                            seed=seed,
+                            backbone_checkpoint=checkpoint,
+                            spec=spec,
+                            resolution=self.resolution,
+                            recipe=self.recipe,
+                            protocol=self.protocol,
+                            test_labels=labels,
+                            epoch_scale=self.epoch_scale,
+                        )
+                    )
+        return requests
