@@ -131,6 +131,7 @@ def _scan_annotations(doc: dict, known: set[int], categories: set[int], scan: Sp
         scan.problems.append("missing key 'annotations' (a list) in a labelled split")
         return
     malformed, unknown_image, unknown_cat, repeated = [], [], [], []
+    annotated: set[int] = set()  # includes images whose one annotation has an unknown category
     for pos, ann in enumerate(anns):
         if not isinstance(ann, dict) or not all(
             isinstance(ann.get(k), int) for k in ("image_id", "category_id")
@@ -138,13 +139,15 @@ def _scan_annotations(doc: dict, known: set[int], categories: set[int], scan: Sp
             malformed.append(pos)
         elif ann["image_id"] not in known:
             unknown_image.append(ann["image_id"])
+        elif ann["image_id"] in annotated:
+            repeated.append(ann["image_id"])
         elif ann["category_id"] not in categories:
             unknown_cat.append(ann["category_id"])
-        elif ann["image_id"] in scan.category_of:
-            repeated.append(ann["image_id"])
+            annotated.add(ann["image_id"])
         else:
             scan.category_of[ann["image_id"]] = ann["category_id"]
-    unlabelled = [i for i in scan.image_ids if i not in scan.category_of]
+            annotated.add(ann["image_id"])
+    unlabelled = [i for i in scan.image_ids if i not in annotated]
     for values, what in (
         (malformed, "annotations without integer 'image_id' and 'category_id' at positions"),
         (unknown_image, "annotations pointing to unknown image ids"),

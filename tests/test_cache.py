@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import vdd_bench.cache as cache_module
+import vdd_bench.normalization as normalization
+from tasks.decathlon import DECATHLON
+from vdd_bench.benchmark import Benchmark
+from vdd_bench.cache import default_cache_path, pack, read_split
+from vdd_bench.errors import DataError
+from vdd_bench.images import load_split_images
+from vdd_bench.normalization import task_mean_std
+
+
+@pytest.mark.parametrize("size", [36, 72])
+def test_pack_then_read_equals_jpeg_decode(mini_root: Path, tmp_path: Path, size: int) -> None:
+    bench = Benchmark.open(mini_root)
+    out = default_cache_path(tmp_path, bench, size)
+    assert out == tmp_path / "cache" / f"{bench.fingerprint}-s{size}.h5"
+    assert pack(bench, out, size, tasks=["daimlerpedcls"], progress=False) == out
+    for split in ("train", "val", "test"):
+        index = bench.split("daimlerpedcls", split)
+        decoded = load_split_images(bench, index, size)
+        assert decoded.shape == (len(index), 3, size, size) and decoded.dtype == np.uint8
+        np.testing.assert_array_equal(read_split(out, bench, index, size), decoded)
+        np.testing.assert_array_equal(load_split_images(bench, index, size, cache=out), decoded)
+    with h5py.File(out, "r") as h5:
+        assert h5.attrs["fingerprint"] == bench.fingerprint and h5.attrs["size"] == size
+        assert h5["daimlerpedcls/train/images"].chunks is None  # contiguous
+        assert h5["daimlerpedcls/test/labels"].dtype == np.int64
+        assert list(h5["daimlerpedcls/val/image_ids"]) == bench.split("daimlerpedcls", "val").image_ids
+    assert read_split(out, bench, bench.split("gtsrb", "train"), size) is None  # not packed
+
+
+def test_interrupted_pack_leaves_no_file(make_root, tmp_path: Path, monkeypatch) -> None:
+    bench = Benchmark.open(make_root())
+    decode = cache_module.decode_files
+    calls = []
+
+    def failing(paths, size):
+        calls.append(len(paths))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return decode(paths, size)
+
+    monkeypatch.setattr(cache_module, "decode_files", failing)
+    out = tmp_path / "cache" / "pack.h5"
+    with pytest.raises(KeyboardInterrupt):
+        pack(bench, out, 36, progress=False)
+    assert len(calls) == 3
+    assert list(out.parent.iterdir()) == []
+
+
+def test_truncated_cache_raises(make_root, tmp_path: Path) -> None:
+    bench = Benchmark.open(make_root())
+    out = pack(bench, tmp_path / "c.h5", 36, progress=False)
+    out.write_bytes(out.read_bytes()[: out.stat().st_size // 2])
+    with pytest.raises(DataError, match=r"c\.h5: .*delete it and re-pack"):
+        read_split(out, bench, bench.split("alpha", "train"), 36)
+
+
+def test_other_fingerprint_or_size_reads_none(make_root, tmp_path: Path) -> None:
+    root = make_root()
+    bench = Benchmark.open(root)
+    out = pack(bench, tmp_path / "c.h5", 36, tasks=["alpha"], progress=False)
+    index = bench.split("alpha", "train")
+    assert read_split(out, bench, index, 36) is not None
+    assert read_split(out, bench, index, 72) is None
+    path = root / "annotations" / "alpha_val.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "licenses": ["changed"]}))
+    changed = Benchmark.open(root)
+    assert changed.fingerprint != bench.fingerprint
+    assert read_split(out, changed, changed.split("alpha", "train"), 36) is None
+
+
+def test_task_mean_std_official_or_computed_once(make_root, tmp_path: Path, monkeypatch) -> None:
+    bench = Benchmark.open(make_root(("alpha", "gtsrb")))
+    assert task_mean_std(bench, "gtsrb") == (DECATHLON["gtsrb"].mean, DECATHLON["gtsrb"].std)
+    images = load_split_images(bench, bench.split("alpha", "train"), 72)
+    pixels = images.transpose(1, 0, 2, 3).reshape(3, -1) / 255.0
+    mean, std = task_mean_std(bench, "alpha", results=tmp_path)
+    np.testing.assert_allclose(mean, pixels.mean(axis=1), rtol=1e-9)
+    np.testing.assert_allclose(std, pixels.std(axis=1), rtol=1e-9)
+    stats = json.loads((tmp_path / "cache" / "stats.json").read_text())
+    assert list(stats) == [f"{bench.fingerprint}/alpha"]
+    monkeypatch.setattr(normalization, "load_split_images", lambda *a: pytest.fail("decoded again"))
+    assert task_mean_std(bench, "alpha", results=tmp_path) == (mean, std)
+    assert task_mean_std(bench, "alpha", images=images) == (mean, std)

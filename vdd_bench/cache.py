@@ -1,0 +1,83 @@
+"""HDF5 pack of decoded images: one file per (benchmark fingerprint, stored size).
+
+Layout: `/<task>/<split>/images` uint8 [N, 3, S, S] (contiguous: reads here are whole datasets, and random
+reads of chunked datasets are slow), `/<task>/<split>/labels` int64 (absent for unlabelled test splits),
+`/<task>/<split>/image_ids` int64; file attrs `fingerprint`, `size`, `format`. The file is written under a
+temporary name and renamed when complete, so an interrupted pack never leaves a file that looks finished.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from vdd_bench.benchmark import SPLITS, Benchmark, SplitIndex
+from vdd_bench.errors import DataError
+from vdd_bench.images import decode_files
+
+FORMAT = "vdd-cache/1"
+_BLOCK = 4096  # images decoded and written at a time: bounds memory for the large tasks
+
+
+def default_cache_path(results: Path, bench: Benchmark, size: int) -> Path:
+    return Path(results) / "cache" / f"{bench.fingerprint}-s{size}.h5"
+
+
+def pack(
+    bench: Benchmark, out: Path, size: int, tasks: list[str] | None = None, progress: bool = True
+) -> Path:
+    """Decode every split of `tasks` (default: all) into one new HDF5 file at `out`; returns `out`."""
+    import h5py
+    from tqdm import tqdm
+
+    names = bench.task_names() if tasks is None else tasks
+    indexes = [bench.split(t, s) for t in names for s in SPLITS]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    bar = tqdm(total=sum(len(i) for i in indexes), unit="img", desc=f"pack {out.name}", disable=not progress)
+    try:
+        with h5py.File(tmp, "w") as h5:
+            h5.attrs.update(fingerprint=bench.fingerprint, size=size, format=FORMAT)
+            for index in indexes:
+                group = h5.create_group(f"{index.task}/{index.split}")
+                group.create_dataset("image_ids", data=np.asarray(index.image_ids, dtype=np.int64))
+                if index.labels is not None:
+                    group.create_dataset("labels", data=index.labels)
+                images = group.create_dataset("images", shape=(len(index), 3, size, size), dtype=np.uint8)
+                for start in range(0, len(index), _BLOCK):
+                    files = index.files[start : start + _BLOCK]
+                    images[start : start + len(files)] = decode_files([bench.root / f for f in files], size)
+                    bar.update(len(files))
+        os.replace(tmp, out)
+    finally:
+        bar.close()
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def read_split(cache: Path, bench: Benchmark, index: SplitIndex, size: int) -> np.ndarray | None:
+    """uint8 [N, 3, size, size] from the cache; None when packed for other data or size, or without it."""
+    import h5py
+
+    key = f"{index.task}/{index.split}/images"
+    try:
+        with h5py.File(cache, "r") as h5:
+            attrs = h5.attrs
+            if attrs.get("format") != FORMAT or attrs.get("fingerprint") != bench.fingerprint:
+                return None
+            if attrs.get("size") != size or key not in h5:
+                return None
+            images = h5[key][()]
+    except OSError as exc:
+        raise DataError(
+            f"{cache}: unreadable or truncated cache file ({exc}); delete it and re-pack (`vdd data pack`)"
+        ) from exc
+    if images.shape != (len(index), 3, size, size):
+        raise DataError(
+            f"{cache}: {key} holds {images.shape[0]} images, the annotations {len(index)}; "
+            "delete it and re-pack (`vdd data pack`)"
+        )
+    return images

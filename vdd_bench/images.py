@@ -1,0 +1,64 @@
+"""Decoding benchmark images into uint8 squares.
+
+Each image is resized so its shorter side is `size` (bilinear, PIL) and centre-cropped to a `size` x `size`
+square, which is what is stored and cached. Training-time random crops are then taken inside this centre
+square: the one deviation from per-image torchvision transforms, which on a non-square image (Daimler is
+72x144) may crop anywhere along the longer side.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from vdd_bench.errors import DataError
+
+if TYPE_CHECKING:
+    from vdd_bench.benchmark import Benchmark, SplitIndex
+
+
+def decode_image(path: Path, size: int) -> np.ndarray:
+    """uint8 [3, size, size]; grayscale images come out as three identical channels."""
+    try:
+        with Image.open(path) as img:
+            rgb = img.convert("RGB")  # forces a full decode: truncated files fail here
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{path}: cannot decode the image ({exc}); restore or re-download it") from exc
+    w, h = rgb.size
+    if min(w, h) != size:
+        scale = size / min(w, h)
+        rgb = rgb.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+        w, h = rgb.size
+    left, top = int(round((w - size) / 2)), int(round((h - size) / 2))
+    square = rgb.crop((left, top, left + size, top + size))
+    return np.asarray(square, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def decode_files(paths: list[Path], size: int) -> np.ndarray:
+    """uint8 [N, 3, size, size], decoded by a few threads (PIL releases the GIL while decoding)."""
+    out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
+
+    def work(i: int) -> None:
+        out[i] = decode_image(paths[i], size)
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        list(pool.map(work, range(len(paths))))
+    return out
+
+
+def load_split_images(
+    bench: Benchmark, index: SplitIndex, size: int, cache: Path | None = None
+) -> np.ndarray:
+    """uint8 [N, 3, size, size] for one split: from the HDF5 cache when it holds it, else from the JPEGs."""
+    if cache is not None and cache.is_file():
+        from vdd_bench.cache import read_split
+
+        cached = read_split(cache, bench, index, size)
+        if cached is not None:
+            return cached
+    return decode_files([bench.root / f for f in index.files], size)
