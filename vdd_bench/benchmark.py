@@ -195,6 +195,9 @@ class TaskTable(Mapping[str, TaskInfo]):
             self._infos[name] = self._load(name)
         return self._infos[name]
 
+    def __contains__(self, name: object) -> bool:  # without parsing, unlike Mapping's default
+        return name in self._names
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._names)
 

@@ -24,7 +24,8 @@ def task_mean_std(
     """Official values for the ten decathlon tasks; any other task's from its training images.
 
     Computed values are stored in `results/cache/stats.json` under `<fingerprint>/<task>`, so each is
-    computed once. `images` (uint8 [N, 3, S, S] training images) saves decoding them again.
+    computed once, from whichever stored size comes first (the difference between sizes is negligible).
+    `images` (uint8 [N, 3, S, S] training images) saves decoding them again.
     """
     facts = task_facts(task)
     if facts is not None:
