@@ -20,7 +20,6 @@ from vdd_bench.backbones import Backbone
 from vdd_bench.errors import VddError
 from vdd_bench.method import SGD_RECIPE, Method, Phase, TaskContext, pretrained_backbone
 
-
 ADAPTER_INITS = ("normal", "zero")
 
 
@@ -49,7 +48,11 @@ class AdapterMethod(Method):
     the random start perturbs strongly on narrow networks and short schedules.
     """
 
-    defaults: ClassVar[dict[str, Any]] = {**SGD_RECIPE, "adapter_weight_decay": 1e-4, "adapter_init": "normal"}
+    defaults: ClassVar[dict[str, Any]] = {
+        **SGD_RECIPE,
+        "adapter_weight_decay": 1e-4,
+        "adapter_init": "normal",
+    }
     wrapper: ClassVar[type[nn.Module]]
 
     def build(self, ctx: TaskContext) -> nn.Module:

@@ -21,7 +21,10 @@ from vdd_bench.method import register_method
 class ParallelAdapter(nn.Module):
     def __init__(self, layer: nn.Conv2d, init: str) -> None:
         super().__init__()
-        same = all(p == d * (k - 1) // 2 for p, d, k in zip(layer.padding, layer.dilation, layer.kernel_size))
+        same = all(
+            p == d * (k - 1) // 2
+            for p, d, k in zip(layer.padding, layer.dilation, layer.kernel_size, strict=True)
+        )
         if layer.groups != 1 or not same:
             raise VddError(f"a parallel adapter needs a dense conv padded to 'same', got {layer}")
         self.layer = layer
