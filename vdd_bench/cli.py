@@ -294,12 +294,17 @@ def pretrain(
     type=click.Path(exists=True, path_type=Path),
     help="Test labels (a folder of <task>_test.json or one such file) to score a predictions file.",
 )
+@click.option(
+    "--baselines",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="JSON {task: baseline accuracy %} for tasks outside the decathlon (default: the official ones).",
+)
 @click.option("--json", "as_json", is_flag=True)
-def score(file: Path, labels: Path | None, as_json: bool) -> None:
+def score(file: Path, labels: Path | None, baselines: Path | None, as_json: bool) -> None:
     """Decathlon score of per-task accuracies (JSON) or of a challenge predictions file with --labels."""
     from vdd_bench.scoring_cli import score_file
 
-    click.echo(score_file(file, labels, as_json))
+    click.echo(score_file(file, labels, as_json, baselines))
 
 
 @main.command("backbone-info")

@@ -240,4 +240,4 @@ def execute(
     }
     store.finish(config, record)
     (folder / "checkpoint.pt").unlink(missing_ok=True)
-    return record
+    return store.record(config.run_id)

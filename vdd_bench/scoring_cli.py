@@ -15,9 +15,9 @@ from vdd_bench.score import decathlon_score, official_baselines, score_predictio
 _BY_SHORT = {facts.short.lower(): name for name, facts in DECATHLON.items()}
 
 
-def task_name(key: str, source: Path) -> str:
-    """Official task names, or the papers' column labels (ImNet, Airc, ...)."""
-    if key in DECATHLON:
+def task_name(key: str, source: Path, known: dict | None = DECATHLON) -> str:
+    """Official task names, or the papers' column labels (ImNet, Airc, ...); any name when `known` is None."""
+    if known is None or key in DECATHLON:
         return key
     if key.lower() in _BY_SHORT:
         return _BY_SHORT[key.lower()]
@@ -52,7 +52,9 @@ def load_test_labels(path: Path) -> tuple[dict[int, int], dict[int, str]]:
     return labels, task_of_image
 
 
-def accuracy_rows(path: Path, labels: Path | None) -> dict[str, dict[str, float]]:
+def accuracy_rows(
+    path: Path, labels: Path | None, known: dict | None = DECATHLON
+) -> dict[str, dict[str, float]]:
     content = read_json(path)
     if isinstance(content, list):
         if labels is None:
@@ -70,37 +72,43 @@ def accuracy_rows(path: Path, labels: Path | None) -> dict[str, dict[str, float]
     out = {}
     for name, accs in rows.items():
         try:
-            out[name] = {task_name(k, path): float(v) for k, v in accs.items()}
+            out[name] = {task_name(k, path, known): float(v) for k, v in accs.items()}
         except (TypeError, ValueError):
             raise VddError(f"{path}: the accuracies of {name!r} must be numbers (percent)") from None
     return out
 
 
-def score_file(path: Path, labels: Path | None = None, as_json: bool = False) -> str:
-    baselines = official_baselines()
+def read_baselines(path: Path) -> dict[str, float]:
+    content = read_json(path)
+    if not isinstance(content, dict) or not all(isinstance(v, (int, float)) for v in content.values()):
+        raise VddError(f"{path}: baselines must be a JSON object {{task: baseline accuracy %}}")
+    return {k: float(v) for k, v in content.items()}
+
+
+def score_file(
+    path: Path, labels: Path | None = None, as_json: bool = False, baselines_file: Path | None = None
+) -> str:
+    """Official baselines for decathlon tasks; `baselines_file` ({task: acc %}) for any other benchmark."""
+    baselines = read_baselines(baselines_file) if baselines_file else official_baselines()
     results = {}
-    for name, accs in accuracy_rows(path, labels).items():
+    for name, accs in accuracy_rows(path, labels, known=None if baselines_file else DECATHLON).items():
         unknown = [t for t in accs if t not in baselines]
         if unknown:
-            raise VddError(
-                f"{path}: no official baseline for {', '.join(unknown)}; only decathlon tasks are scored"
-            )
+            where = baselines_file or "the official decathlon baselines"
+            raise VddError(f"{path}: no baseline for {', '.join(unknown)} in {where}; pass --baselines FILE")
         scored = decathlon_score(accs, {t: baselines[t] for t in accs})
         results[name] = {"accuracy": accs, **scored}
     if as_json:
         return json.dumps(results, indent=2)
-    headers = ["", *(DECATHLON[t].short for t in OFFICIAL_ORDER), "Score"]
+    tasks = list(baselines)
+    headers = ["", *(DECATHLON[t].short if t in DECATHLON else t for t in tasks), "Score"]
     rows = []
     for name, result in results.items():
         per_task = result["per_task"]
         rows.append(
-            [
-                name,
-                *(round(per_task[t]) if t in per_task else None for t in OFFICIAL_ORDER),
-                round(result["total"]),
-            ]
+            [name, *(round(per_task[t]) if t in per_task else None for t in tasks), round(result["total"])]
         )
     table = tabulate(rows, headers, tablefmt="github", missingval="–")
-    incomplete = [n for n, r in results.items() if len(r["per_task"]) < len(OFFICIAL_ORDER)]
+    incomplete = [n for n, r in results.items() if len(r["per_task"]) < len(tasks)]
     note = f"\n(partial: {', '.join(incomplete)} lack some tasks, scored as 0)" if incomplete else ""
     return table + note
