@@ -1,0 +1,55 @@
+"""Series residual adapters: frozen 3x3 weights, trained adapters and BNs, better than frozen features."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from method_helpers import (
+    FEATURE_OVERRIDES,
+    ToyEnv,
+    assert_frozen_weights_unchanged,
+    changed,
+    initial_model,
+    make_toy_env,
+    random_context,
+    run_method,
+    train_steps,
+)
+
+from methods.adapters_series import SeriesAdapter
+from vdd_bench.accounting import count_macs
+
+# zero-initialised adapters: a short run on a narrow network cannot recover from the random start
+OVERRIDES = {**FEATURE_OVERRIDES, "adapter_init": "zero"}
+
+
+@pytest.fixture(scope="session")
+def toy_env(tmp_path_factory: pytest.TempPathFactory) -> ToyEnv:
+    return make_toy_env(tmp_path_factory)
+
+
+def test_series_adapters_keep_the_backbone_train_the_adapters_and_beat_features(toy_env: ToyEnv) -> None:
+    run = run_method(toy_env, "adapters_series", OVERRIDES)
+    feature = run_method(toy_env, "feature", FEATURE_OVERRIDES)
+    state, pretrained = run.state, toy_env.pretrained
+    assert assert_frozen_weights_unchanged(state, pretrained) == 25  # stem + 24 block convs
+    start = initial_model(run).state_dict()
+    adapters = [k for k in state if ".adapter." in k]
+    assert len(adapters) == 25 and all(changed(start[k], state[k]) for k in adapters)
+    assert changed(pretrained["blocks.0.bn1.weight"], state["blocks.0.bn1.weight"])
+    assert changed(pretrained["blocks.0.bn1.running_mean"], state["blocks.0.bn1.running_mean"])
+    assert run.record["accounting"]["params_task"] > 0
+    assert run.held_out_acc > feature.held_out_acc + 5, (run.record["metrics"], feature.record["metrics"])
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet50"])
+def test_series_adapters_wrap_the_spatial_convs_of_torchvision_resnets(backbone: str) -> None:
+    ctx = random_context("adapters_series", backbone, 0.125, 32)
+    model = train_steps("adapters_series", ctx)
+    wrapped = [m for m in model.modules() if isinstance(m, SeriesAdapter)]
+    assert all(max(m.layer.kernel_size) > 1 for m in wrapped)
+    spatial = sum(1 for t in ctx.pretrained.values() if t.dim() == 4 and t.shape[-1] > 1)
+    assert len(wrapped) == spatial  # the 7x7 stem and every 3x3; ResNet-50's 1x1 convs stay plain
+    assert_frozen_weights_unchanged(model.state_dict(), ctx.pretrained)
+    assert torch.isfinite(model(torch.randn(2, 3, 32, 32))).all()
+    assert count_macs(model, 32) > 0
