@@ -41,7 +41,9 @@ class RunConfig:
     recipe: str = "residual_adapters"
     protocol: str = "train"  # "train": fit on train; "trainval": fit on train+val (test numbers only)
     seed: int = 0
-    after: str | None = None  # run id whose final state this run starts from (sequential methods)
+    inputs: dict[str, str] = field(
+        default_factory=dict
+    )  # name -> run id of a run whose results this one reads
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -10,8 +10,10 @@ entry-point group.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +22,9 @@ from torch import nn
 from vdd_bench.backbones import Backbone, BackboneSpec, build_backbone
 from vdd_bench.errors import VddError
 from vdd_bench.registry import Registry
+
+if TYPE_CHECKING:
+    from vdd_bench.runner import RunRequest
 
 METHODS: Registry[type[Method]] = Registry("method", "methods", "vdd_bench.methods")
 register_method = METHODS.register
@@ -66,6 +71,7 @@ class TaskContext:
     pretrained_classes: int
     hparams: dict[str, Any]
     input_size: int
+    inputs: dict[str, Path] = field(default_factory=dict)  # name -> folder of a finished run this one reads
 
 
 def resolve_hparams(defaults: dict[str, Any], overrides: dict[str, Any], method: str) -> dict[str, Any]:
@@ -115,6 +121,14 @@ class Method:
     defaults: ClassVar[dict[str, Any]] = SGD_RECIPE
     uses_pretrained: ClassVar[bool] = True
 
+    def dependencies(
+        self, hparams: dict[str, Any], plan: Callable[[str, dict[str, Any]], RunRequest]
+    ) -> dict[str, RunRequest]:
+        """Runs this one reads (e.g. a fine-tuned teacher), planned with `plan(method, overrides)` on the same
+        benchmark, task, backbone and seed. They run first (locally, or as SLURM dependencies) and their
+        folders reach `build` as `ctx.inputs[name]`; their ids are part of this run's config."""
+        return {}
+
     def build(self, ctx: TaskContext) -> nn.Module:
         raise NotImplementedError
 
@@ -156,6 +170,10 @@ class Method:
 
     def restore_structure(self, model: nn.Module, structure: dict[str, Any], ctx: TaskContext) -> nn.Module:
         return model
+
+    def report(self, model: nn.Module, ctx: TaskContext) -> dict[str, Any]:
+        """Method-specific facts for the record (e.g. the kept architecture), JSON-safe."""
+        return {}
 
 
 def pretrained_backbone(ctx: TaskContext) -> Backbone:

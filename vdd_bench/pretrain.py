@@ -9,13 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from tasks.generic import source_task
 from vdd_bench.backbones import BackboneSpec, build_backbone, save_checkpoint
 from vdd_bench.benchmark import Benchmark
 from vdd_bench.device import Device
-from vdd_bench.runner import execute, plan_run
+from vdd_bench.runner import execute, load_run_model, plan_run
 from vdd_bench.store import RunStore
 
 
@@ -58,7 +56,7 @@ def pretrain(
         return out
     record = execute(request, Path(results), device, progress=progress)
     folder = RunStore(results).run_dir(config.run_id)
-    state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)["model"]
+    state, _ = load_run_model(folder)
     model = build_backbone(spec, bench.tasks[task].num_classes)
     model.load_state_dict(state)
     meta = {

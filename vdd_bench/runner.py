@@ -8,7 +8,7 @@ import io
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,13 @@ class RunRequest:
     root: Path
     backbone_checkpoint: Path | None
     test_labels: Path | None = None
+    inputs: dict[str, RunRequest] = field(default_factory=dict)  # runs to finish before this one
+
+
+def load_run_model(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The final weights of a finished run and the structure its method's surgery left."""
+    state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+    return state["model"], state["structure"]
 
 
 def plan_run(
@@ -79,6 +86,7 @@ def plan_run(
     test_labels: Path | None = None,
     epoch_scale: float = 1.0,
     role: str | None = None,
+    inputs: dict[str, RunRequest] | None = None,
 ) -> RunRequest:
     """Resolve everything a run depends on into its config; refuse what cannot run before any work starts."""
     if task not in bench.tasks:
@@ -107,6 +115,24 @@ def plan_run(
     backbone: dict[str, Any] = {**spec.to_dict(), "checkpoint": None}
     if method_cls.uses_pretrained:
         backbone["checkpoint"] = file_fingerprint(backbone_checkpoint)
+
+    def plan_dependency(other: str, other_overrides: dict[str, Any]) -> RunRequest:
+        return plan_run(
+            bench,
+            task,
+            other,
+            other_overrides,
+            seed,
+            backbone_checkpoint,
+            spec,
+            resolution,
+            recipe,
+            protocol,
+            test_labels,
+            epoch_scale,
+        )
+
+    needs = {**method_cls().dependencies(hparams, plan_dependency), **(inputs or {})}
     config = RunConfig(
         benchmark=bench.fingerprint,
         benchmark_kind=bench.kind,
@@ -118,9 +144,10 @@ def plan_run(
         recipe=recipe,
         protocol=protocol,
         seed=seed,
+        inputs={name: request.config.run_id for name, request in needs.items()},
         extra={"role": role} if role else {},
     )
-    return RunRequest(config, Path(bench.root), backbone_checkpoint, test_labels)
+    return RunRequest(config, Path(bench.root), backbone_checkpoint, test_labels, needs)
 
 
 def execute(
@@ -137,6 +164,8 @@ def execute(
     if existing is not None:
         return existing
     device = device or pick_device()
+    for needed in request.inputs.values():
+        execute(needed, results, device, progress)
     folder = store.start(config)
     bench = Benchmark.open(request.root, request.test_labels)
     if bench.fingerprint != config.benchmark:
@@ -171,6 +200,7 @@ def execute(
         pretrained_classes=pretrained_classes,
         hparams=config.hparams,
         input_size=augment.crop,
+        inputs={name: store.run_dir(run_id) for name, run_id in config.inputs.items()},
     )
     torch.manual_seed(config.seed)
     model = method.build(ctx)
@@ -228,6 +258,7 @@ def execute(
         "num_classes": ctx.num_classes,
         "official_baseline_acc": facts.baseline_acc if facts else None,
         "metrics": metrics,
+        "method_report": method.report(cpu_model, ctx),
         "history": history,
         "accounting": accounting,
         "timing": {
