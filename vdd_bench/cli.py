@@ -231,10 +231,19 @@ def sweep(
 @click.option("--format", "fmt", type=click.Choice(["markdown", "latex", "csv", "json"]), default="markdown")
 @click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True)
 @click.option("--benchmark", "fingerprint", default=None, help="Only this benchmark fingerprint.")
-def leaderboard(results: Path, fmt: str, split: str, fingerprint: str | None) -> None:
+@click.option("--continual", is_flag=True, help="Chains: accuracy matrix, final accuracy, forgetting.")
+def leaderboard(results: Path, fmt: str, split: str, fingerprint: str | None, continual: bool) -> None:
     """Tables of every finished run, grouped by benchmark and backbone, with the decathlon score."""
     from vdd_bench.leaderboard import build_groups, render
     from vdd_bench.store import RunStore
+
+    # --- continual view (vdd_bench/continual.py) ---
+    if continual:
+        from vdd_bench.continual import render_continual
+
+        click.echo(render_continual(results, fmt, split))
+        return
+    # --- end continual view ---
 
     records = [
         r
@@ -244,6 +253,69 @@ def leaderboard(results: Path, fmt: str, split: str, fingerprint: str | None) ->
     if not records:
         raise VddError(f"no finished runs under {results}: run `vdd demo` or `vdd sweep` first")
     click.echo(render(build_groups(records, split), fmt, split))
+
+
+# --- continual protocol (vdd_bench/continual.py) ---
+@main.command()
+@click.option("--method", required=True, help="A sequential method: packnet, lwf, avalanche:<Strategy>.")
+@click.option(
+    "--benchmark", "root", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option("--order", default=None, help="Comma-separated task order (default: the benchmark's order).")
+@click.option("--backbone-checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--test-labels", type=click.Path(exists=True, path_type=Path))
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resolution", type=int, default=None, help="Stored image size (default 72; toy 36).")
+@click.option("--recipe", type=click.Choice(["residual_adapters", "nettailor"]), default="residual_adapters")
+@click.option("--protocol", type=click.Choice(["train", "trainval"]), default="train")
+@SETS
+@EPOCH_SCALE
+@RESULTS
+@DEVICE
+@PROGRESS
+def chain(
+    method,
+    root,
+    order,
+    backbone_checkpoint,
+    test_labels,
+    seed,
+    resolution,
+    recipe,
+    protocol,
+    sets,
+    epoch_scale,
+    results,
+    device,
+    progress,
+) -> None:
+    """Learn the tasks one after another with one network; relaunching continues a killed chain."""
+    from vdd_bench.benchmark import Benchmark
+    from vdd_bench.continual import plan_chain, run_chain
+
+    if method.startswith("avalanche:"):
+        from vdd_bench.avalanche import register_strategy
+
+        register_strategy(method.removeprefix("avalanche:"))
+    bench = Benchmark.open(root, test_labels)
+    requests = plan_chain(
+        bench,
+        method,
+        order.split(",") if order else None,
+        parse_sets(sets),
+        seed,
+        backbone_checkpoint,
+        resolution,
+        recipe,
+        protocol,
+        test_labels,
+        epoch_scale,
+    )
+    result = run_chain(requests, results, _device(device), progress)
+    click.echo(json.dumps(result.to_json(), indent=2))
+
+
+# --- end continual protocol ---
 
 
 @main.command()

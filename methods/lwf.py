@@ -1,0 +1,136 @@
+"""Learning without Forgetting (Li & Hoiem, "Learning without forgetting", 2016/2017).
+
+One shared network along a chain, one head per task. Before a task trains, the responses of the old heads
+(the network as the previous step left it) on the task's images are the distillation targets; the loss is
+`CE(new head) + distill_weight * sum over old heads of CE(softmax(old / T), softmax(new / T))` (soft-target
+cross-entropy at temperature T, as in the paper, without a T^2 factor). A warm-up first trains only the new
+head (the shared network and its BN statistics frozen), then everything trains, old heads included.
+
+Defaults and deviations (named hyper-parameters):
+- `temperature` 2, `distill_weight` 1 (the paper's); `distill_weight=0` with `warmup_epochs=0` is plain
+  sequential fine-tuning with a head per task, the reference LwF is measured against.
+- Targets: the images are augmented afresh every epoch, so "recorded before training" is realised as a
+  frozen copy of the previous step's network evaluated on each augmented batch: the same responses a
+  recording of those images would hold, at the cost of a second forward pass.
+- `warmup_epochs` 5 at `warmup_lr` 0.01 (the paper says "a few"; a harness choice); main phase: the harness's
+  SGD recipe (`epochs`, `lr`, ...), a deviation: the authors' schedule is not in this harness's sources.
+- `source_first`: the chain starts with the backbone's own source task (set by `plan_chain`): its
+  pre-trained classifier becomes the first head, untrained further.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vdd_bench.backbones import Backbone, BackboneSpec, build_backbone
+from vdd_bench.continual import PREVIOUS, PerTask, SequentialMethod, first_model
+from vdd_bench.method import SGD_RECIPE, Phase, TaskContext, register_method
+
+
+def _with_heads(model: Backbone) -> Backbone:
+    model.classifier = PerTask(model.classifier)
+    return model
+
+
+def soft_cross_entropy(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+    targets = F.softmax(teacher / temperature, dim=1)
+    return -(targets * F.log_softmax(student / temperature, dim=1)).sum(dim=1).mean()
+
+
+@register_method("lwf")
+class LearningWithoutForgetting(SequentialMethod):
+    defaults: ClassVar[dict[str, Any]] = {
+        **SGD_RECIPE,
+        "temperature": 2.0,
+        "distill_weight": 1.0,
+        "warmup_epochs": 5,
+        "warmup_lr": 0.01,
+        "source_first": False,
+    }
+
+    def __init__(self) -> None:
+        self._phase = "train"
+        self._teacher: tuple[Path, nn.Module] | None = None
+
+    def skeleton(self, spec: BackboneSpec, structure: dict[str, Any]) -> nn.Module:
+        model = _with_heads(build_backbone(spec, structure["classes"][0]))
+        for classes in structure["classes"][1:]:
+            model.classifier.tasks.append(nn.Linear(model.feature_dim, classes))
+        model.lwf_tasks = list(structure["tasks"])
+        model.classifier.active = len(model.lwf_tasks) - 1
+        return model
+
+    def build(self, ctx: TaskContext) -> nn.Module:
+        previous = self.load_previous(ctx)
+        if previous is None:
+            model = _with_heads(first_model(ctx))
+            model.lwf_tasks = [ctx.task]
+        else:
+            model, structure = previous
+            model.classifier.tasks.append(nn.Linear(model.feature_dim, ctx.num_classes))
+            model.lwf_tasks = [*structure["tasks"], ctx.task]
+        model.classifier.active = len(model.lwf_tasks) - 1
+        return model
+
+    def phases(self, ctx: TaskContext) -> list[Phase]:
+        hp = ctx.hparams
+        train = super().phases(ctx)[0]
+        if hp["source_first"] and PREVIOUS not in ctx.inputs:
+            return []  # the source task's head and network are the pre-trained ones
+        warmup = Phase(
+            name="warmup",
+            epochs=hp["warmup_epochs"],
+            lr=hp["warmup_lr"],
+            optimizer=hp["optimizer"],
+            momentum=hp["momentum"],
+            weight_decay=hp["weight_decay"],
+            batch_size=hp["batch_size"],
+        )
+        return [warmup, train]
+
+    def param_groups(self, model: nn.Module, phase: Phase, ctx: TaskContext) -> list[dict[str, Any]]:
+        self._phase = phase.name  # the engine asks for the groups at the start of every phase
+        if phase.name == "warmup":
+            return [{"params": list(model.classifier.tasks[-1].parameters())}]
+        return [{"params": list(model.parameters())}]
+
+    def train_mode(self, model: nn.Module) -> None:
+        model.train(self._phase != "warmup")
+
+    def _old_responses(self, ctx: TaskContext, images: Tensor) -> list[Tensor]:
+        folder = ctx.inputs[PREVIOUS]
+        if self._teacher is None or self._teacher[0] != folder:
+            teacher, _ = self.load_previous(ctx)
+            teacher.eval().requires_grad_(False)
+            self._teacher = (folder, teacher)
+        teacher = self._teacher[1].to(images.device)
+        with torch.no_grad():
+            features = teacher.forward_features(images)
+            return [head(features) for head in teacher.classifier.tasks]
+
+    def loss(self, model: nn.Module, images: Tensor, labels: Tensor, ctx: TaskContext) -> Tensor:
+        features = model.forward_features(images)
+        heads = model.classifier.tasks
+        loss = F.cross_entropy(heads[-1](features), labels)
+        weight = ctx.hparams["distill_weight"]
+        if self._phase == "warmup" or weight == 0 or PREVIOUS not in ctx.inputs:
+            return loss
+        temperature = ctx.hparams["temperature"]
+        for head, target in zip(heads[:-1], self._old_responses(ctx, images), strict=True):
+            loss = loss + weight * soft_cross_entropy(head(features), target, temperature)
+        return loss
+
+    def structure(self, model: nn.Module) -> dict[str, Any]:
+        return {
+            "tasks": list(model.lwf_tasks),
+            "classes": [head.out_features for head in model.classifier.tasks],
+        }
+
+    def select_task(self, model: nn.Module, task: str) -> nn.Module:
+        model.classifier.active = model.lwf_tasks.index(task)
+        return model

@@ -1,0 +1,86 @@
+"""The continual protocol: chains of runs, the accuracy matrix and forgetting, relaunching a killed chain."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from method_helpers import ToyEnv, make_toy_env
+
+from vdd_bench.cli import main
+from vdd_bench.continual import ChainResult, plan_chain, run_chain
+from vdd_bench.errors import VddError
+from vdd_bench.store import RunStore
+
+ORDER = ["colors", "pedestrians"]
+TINY = {"epochs": 1, "warmup_epochs": 1, "lr": 0.01, "batch_size": 32}
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> ToyEnv:
+    return make_toy_env(tmp_path_factory)
+
+
+def test_forgetting_is_the_drop_from_the_best_earlier_accuracy() -> None:
+    result = ChainResult(
+        "m", ["a", "b", "c"], ["a", "b", "c"], [[80, None, None], [90, 50, None], [70, 55, 60]], "test"
+    )
+    assert result.final == {"a": 70, "b": 55, "c": 60}
+    assert result.forgetting == {"a": 20, "b": -5}
+    assert result.mean_final == pytest.approx(61.6667, abs=1e-3) and result.mean_forgetting == 7.5
+
+
+def test_chain_ids_encode_the_history_and_a_task_comes_once(env: ToyEnv) -> None:
+    ab = plan_chain(env.bench, "lwf", ["colors", "shapes"], TINY, backbone_checkpoint=env.checkpoint)
+    cb = plan_chain(env.bench, "lwf", ["pedestrians", "shapes"], TINY, backbone_checkpoint=env.checkpoint)
+    assert ab[1].config.inputs["previous"] == ab[0].config.run_id
+    assert ab[1].config.run_id != cb[1].config.run_id  # same task and settings, other history
+    with pytest.raises(VddError, match="every task once"):
+        plan_chain(env.bench, "lwf", ["colors", "colors"], TINY, backbone_checkpoint=env.checkpoint)
+    with pytest.raises(VddError, match="not sequential"):
+        plan_chain(env.bench, "finetune", ORDER, backbone_checkpoint=env.checkpoint)
+
+
+def test_a_chain_killed_between_tasks_continues_from_the_last_finished_task(
+    env: ToyEnv, tmp_path: Path
+) -> None:
+    requests = plan_chain(env.bench, "lwf", ORDER, TINY, backbone_checkpoint=env.checkpoint)
+
+    def stop(step: int, phase: int, epoch: int) -> None:
+        if step == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_chain(requests, tmp_path, progress=False, on_epoch_end=stop)
+    store = RunStore(tmp_path)
+    first = store.run_dir(requests[0].config.run_id)
+    assert store.is_done(requests[0].config.run_id) and not store.is_done(requests[1].config.run_id)
+    stamp = (first / "record.json").stat().st_mtime_ns
+    trained: list[tuple[int, int, int]] = []
+    result = run_chain(requests, tmp_path, progress=False, on_epoch_end=lambda *at: trained.append(at))
+    assert {step for step, _, _ in trained} == {1} and (first / "record.json").stat().st_mtime_ns == stamp
+    assert trained[0] == (1, 1, 1)  # the warm-up epoch was checkpointed before the kill
+    assert result.run_ids == [r.config.run_id for r in requests] and len(result.matrix) == 2
+
+
+def test_cli_chain_and_the_continual_leaderboard(env: ToyEnv, tmp_path: Path) -> None:
+    args = ["chain", "--method", "lwf", "--benchmark", str(env.bench.root), "--order", ",".join(ORDER)]
+    args += ["--backbone-checkpoint", str(env.checkpoint), "--results", str(tmp_path), "--no-progress"]
+    args += [f"--set={k}={v}" for k, v in TINY.items()]
+    ran = CliRunner().invoke(main, args)
+    assert ran.exit_code == 0, ran.output
+    assert json.loads(ran.output)["tasks"] == ORDER
+    table = CliRunner().invoke(main, ["leaderboard", "--continual", "--results", str(tmp_path)])
+    assert table.exit_code == 0, table.output
+    assert "lwf: colors -> pedestrians" in table.output and "forgetting" in table.output
+    as_json = CliRunner().invoke(
+        main, ["leaderboard", "--continual", "--format", "json", "--results", str(tmp_path)]
+    )
+    [chain] = json.loads(as_json.output)
+    assert set(chain["forgetting"]) == {"colors"} and chain["matrix"][0][1] is None

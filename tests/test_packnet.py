@@ -1,0 +1,86 @@
+"""PackNet on the toy decathlon: earlier tasks keep bitwise the same outputs, also across a resumed chain."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from method_helpers import ToyEnv, make_toy_env
+
+from vdd_bench.augment import augment_batch
+from vdd_bench.continual import eval_split, plan_chain, run_chain, step_model
+from vdd_bench.runner import RunRequest
+from vdd_bench.store import RunStore
+
+ORDER = ["colors", "shapes", "digits"]
+SHORT = {"epochs": 2, "retrain_epochs": 1, "lr": 0.01, "batch_size": 32}
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> ToyEnv:
+    return make_toy_env(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def chain(env: ToyEnv) -> list[RunRequest]:
+    requests = plan_chain(env.bench, "packnet", ORDER, SHORT, backbone_checkpoint=env.checkpoint)
+    run_chain(requests, env.results, progress=False)
+    return requests
+
+
+def task_logits(env: ToyEnv, results: Path, run_id: str, task: str) -> torch.Tensor:
+    method, model, _ = step_model(results, run_id)
+    model = method.select_task(model, task)
+    data = eval_split(env.bench, task, "test", 36, "residual_adapters", results)
+    with torch.no_grad():
+        return model(augment_batch(data.images, data.augment, train=False))
+
+
+def test_first_task_outputs_are_bitwise_unchanged_by_later_tasks(
+    env: ToyEnv, chain: list[RunRequest]
+) -> None:
+    first, last = chain[0].config.run_id, chain[-1].config.run_id
+    assert torch.equal(
+        task_logits(env, env.results, first, ORDER[0]), task_logits(env, env.results, last, "colors")
+    )
+    assert torch.equal(
+        task_logits(env, env.results, chain[1].config.run_id, ORDER[1]),
+        task_logits(env, env.results, last, ORDER[1]),
+    )
+    record = RunStore(env.results).record(last)
+    owned = record["method_report"]["weights_owned"]
+    assert owned["colors"] == pytest.approx(0.5, abs=0.01)  # prune_first frees half of the first task's
+    assert owned["shapes"] == pytest.approx(0.5 * 0.25, abs=0.01)  # then 75% of each new task's
+    assert record["method_report"]["weights_free"] > 0
+
+
+def test_a_resumed_chain_keeps_the_first_task_bitwise(
+    env: ToyEnv, chain: list[RunRequest], tmp_path: Path
+) -> None:
+    first = chain[0].config.run_id
+    shutil.copytree(RunStore(env.results).run_dir(first), RunStore(tmp_path).run_dir(first))
+
+    def stop(step: int, phase: int, epoch: int) -> None:
+        if step == 1 and epoch == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_chain(chain, tmp_path, progress=False, on_epoch_end=stop)
+    trained: list[tuple[int, int, int]] = []
+    run_chain(chain, tmp_path, progress=False, on_epoch_end=lambda *at: trained.append(at))
+    assert trained[0] == (1, 0, 2)  # step 1 resumed from its epoch-end checkpoint, step 0 not rerun
+    for request in chain[1:]:
+        run_id = request.config.run_id
+        a = torch.load(RunStore(env.results).run_dir(run_id) / "model.pt", weights_only=True)["model"]
+        b = torch.load(RunStore(tmp_path).run_dir(run_id) / "model.pt", weights_only=True)["model"]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    last = chain[-1].config.run_id
+    assert torch.equal(
+        task_logits(env, env.results, first, "colors"), task_logits(env, tmp_path, last, "colors")
+    )
