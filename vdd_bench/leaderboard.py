@@ -83,8 +83,8 @@ def _mean(values: list[float]) -> float:
 def build_groups(records: Iterable[dict[str, Any]], split: str = "test") -> list[Group]:
     by_group: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for record in records:
-        if record["config"].get("extra", {}).get("role") == "pretrain":
-            continue  # backbone pre-training runs are inputs of the benchmark, not entries
+        if record["config"].get("extra", {}).get("role") == "pretrain" or record.get("internal"):
+            continue  # backbone pre-training and the internal steps of a method are not entries
         by_group[_group_key(record)][_row_key(record)].append(record)
     groups = []
     for gkey, rows_by_key in sorted(by_group.items()):

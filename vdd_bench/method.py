@@ -120,6 +120,9 @@ class Method:
     name: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = SGD_RECIPE
     uses_pretrained: ClassVar[bool] = True
+    # False for the internal steps of another method (e.g. NetTailor's student and candidates): sweeps of
+    # "all" methods skip them and the leaderboard hides their runs.
+    listed: ClassVar[bool] = True
 
     def dependencies(
         self, hparams: dict[str, Any], plan: Callable[[str, dict[str, Any]], RunRequest]

@@ -255,6 +255,7 @@ def execute(
         },
         "task": task,
         "method": config.method,
+        "internal": not type(method).listed,
         "num_classes": ctx.num_classes,
         "official_baseline_acc": facts.baseline_acc if facts else None,
         "metrics": metrics,

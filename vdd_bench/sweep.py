@@ -77,13 +77,9 @@ class SweepSpec:
         return cls.from_mapping(data, str(path))
 
     def method_names(self) -> list[str]:
-        return (
-            METHODS.names()
-            if self.methods == "all"
-            else [self.methods]
-            if isinstance(self.methods, str)
-            else list(self.methods)
-        )
+        if self.methods == "all":
+            return [name for name in METHODS.names() if METHODS.get(name).listed]
+        return [self.methods] if isinstance(self.methods, str) else list(self.methods)
 
     def overrides_for(self, method: str) -> dict[str, Any]:
         """The "all" section applies the keys a method knows; a key that no method of the sweep knows is
