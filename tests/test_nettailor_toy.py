@@ -8,8 +8,9 @@ raised to 1.0 because a few dozen steps move the attention logits little at the 
 from __future__ import annotations
 
 import pytest
-from method_helpers import ToyEnv, make_toy_env, run_method, trained_model
+from method_helpers import ToyEnv, make_toy_env, run_method
 
+from methods.nettailor import load_tailored
 from vdd_bench.accounting import count_macs, count_parameters
 
 TOY_OVERRIDES = {
@@ -37,7 +38,7 @@ def test_easy_tasks_get_leaner_networks_within_the_tolerance(toy_env: ToyEnv) ->
             assert pick["val_acc"] >= report["teacher_val_acc"] - 0.5
         assert run.record["metrics"]["val_acc"] == pick["val_acc"]  # the chosen network, evaluated again
         # the record's counts are those of the rebuilt (really pruned) network
-        model = trained_model(run)
+        model = load_tailored(run.ctx, run.folder)
         accounting = run.record["accounting"]
         assert count_parameters(model) == accounting["params_total"] == pick["params_total"]
         assert count_macs(model, run.ctx.input_size) == accounting["macs"] == pick["macs"]
