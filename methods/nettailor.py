@@ -168,6 +168,7 @@ class _TailoredMethod(Method):
 class NetTailorStudent(_TailoredMethod):
     """Step 2: the student trained with the complexity and teacher terms (no pruning)."""
 
+    listed: ClassVar[bool] = False
     defaults: ClassVar[dict[str, Any]] = STUDENT_DEFAULTS
 
     def dependencies(self, hparams: dict[str, Any], plan: Planner) -> dict[str, RunRequest]:
@@ -184,6 +185,7 @@ class NetTailorStudent(_TailoredMethod):
 class NetTailorPrune(_TailoredMethod):
     """Step 3, one candidate: the student pruned for real, then retrained without the complexity term."""
 
+    listed: ClassVar[bool] = False
     defaults: ClassVar[dict[str, Any]] = {**PRUNE_DEFAULTS, "remove_blocks": 0}
 
     def dependencies(self, hparams: dict[str, Any], plan: Planner) -> dict[str, RunRequest]:
