@@ -95,6 +95,7 @@ def run_method(env: ToyEnv, method: str, overrides: dict[str, Any], task: str = 
         pretrained_classes=pretrained["classifier.weight"].shape[0],
         hparams=config.hparams,
         input_size=record["accounting"]["input_size"],
+        inputs={name: RunStore(env.results).run_dir(run_id) for name, run_id in config.inputs.items()},
     )
     return Run(record, RunStore(env.results).run_dir(config.run_id), ctx)
 

@@ -129,7 +129,7 @@ def plan_run(
             recipe,
             protocol,
             test_labels,
-            epoch_scale,
+            1.0,  # the overrides come from this run's hyper-parameters, already scaled
         )
 
     needs = {**method_cls().dependencies(hparams, plan_dependency), **(inputs or {})}
