@@ -10,6 +10,7 @@ import yaml
 
 from vdd_bench.backbones import BackboneSpec
 from vdd_bench.benchmark import Benchmark
+from vdd_bench.continual import plan_chain
 from vdd_bench.errors import VddError
 from vdd_bench.method import METHODS
 from vdd_bench.runner import RunRequest, plan_run
@@ -113,6 +114,22 @@ class SweepSpec:
         requests = []
         for method in self.method_names():
             overrides = self.overrides_for(method)
+            if getattr(METHODS.get(method), "sequential", False):
+                for seed in self.seeds:  # one chain over the sweep's tasks, in their order
+                    requests += plan_chain(
+                        bench,
+                        method,
+                        tasks,
+                        overrides,
+                        seed,
+                        checkpoint,
+                        self.resolution,
+                        self.recipe,
+                        self.protocol,
+                        labels,
+                        self.epoch_scale,
+                    )
+                continue
             for task in tasks:
                 for seed in self.seeds:
                     requests.append(
