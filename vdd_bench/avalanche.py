@@ -276,7 +276,7 @@ def register_strategy(name: str) -> str:
     import avalanche.training
 
     method = f"avalanche:{name}"
-    if method in METHODS.names():
+    if method in METHODS:
         return method
     if not isinstance(getattr(avalanche.training, name, None), type):
         raise VddError(f"avalanche.training has no strategy {name!r}")

@@ -293,10 +293,6 @@ def chain(
     from vdd_bench.benchmark import Benchmark
     from vdd_bench.continual import plan_chain, run_chain
 
-    if method.startswith("avalanche:"):
-        from vdd_bench.avalanche import register_strategy
-
-        register_strategy(method.removeprefix("avalanche:"))
     bench = Benchmark.open(root, test_labels)
     requests = plan_chain(
         bench,

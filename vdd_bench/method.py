@@ -191,5 +191,14 @@ def pretrained_backbone(ctx: TaskContext) -> Backbone:
     return model
 
 
+def _avalanche_strategy(name: str) -> None:
+    from vdd_bench.avalanche import register_strategy  # avalanche takes seconds to import: only when asked
+
+    register_strategy(name)
+
+
+METHODS.register_prefix("avalanche:", _avalanche_strategy)
+
+
 def get_method(name: str) -> Method:
     return METHODS.get(name)()

@@ -19,6 +19,8 @@ class Registry(Generic[T]):
         self.package = package
         self.group = entry_point_group
         self._entries: dict[str, T] = {}
+        self._prefixes: dict[str, Callable[[str], object]] = {}
+        self._dynamic: set[str] = set()
         self._loaded = False
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -42,8 +44,21 @@ class Registry(Generic[T]):
         for entry in entry_points(group=self.group):
             entry.load()
 
+    def __contains__(self, name: object) -> bool:
+        """Registered already (including names resolved through a prefix); loads nothing."""
+        return name in self._entries
+
+    def register_prefix(self, prefix: str, factory: Callable[[str], object]) -> None:
+        """Names `<prefix><rest>` resolve on first use by `factory(rest)`, which registers them (e.g. any
+        Avalanche strategy as `avalanche:EWC`); `names()` does not list them."""
+        self._prefixes[prefix] = factory
+
     def get(self, name: str) -> T:
         self._load()
+        for prefix, factory in self._prefixes.items():
+            if name.startswith(prefix) and name not in self._entries:
+                factory(name[len(prefix) :])
+                self._dynamic.add(name)
         if name not in self._entries:
             known = ", ".join(sorted(self._entries))
             raise VddError(f"unknown {self.kind} {name!r}: choose one of {known}")
@@ -51,4 +66,4 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         self._load()
-        return sorted(self._entries)
+        return sorted(set(self._entries) - self._dynamic)
