@@ -79,21 +79,15 @@ def make_root(tmp_path: Path) -> Callable[..., Path]:
 
 @pytest.fixture(scope="session")
 def toy_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The toy decathlon, generated once per test session."""
-    from tasks.toy import generate_toy
+    """The toy decathlon, generated once per test session (shared with the method tests' environment)."""
+    from method_helpers import make_toy_env
 
-    return generate_toy(tmp_path_factory.mktemp("toy") / "data")
+    return Path(make_toy_env(tmp_path_factory).bench.root)
 
 
 @pytest.fixture(scope="session")
-def toy_backbone(toy_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small ResNet-26 (width 0.25) pre-trained briefly on the toy source task."""
-    from tasks.toy import TOY_SOURCE
-    from vdd_bench.backbones import BackboneSpec
-    from vdd_bench.benchmark import Benchmark
-    from vdd_bench.pretrain import pretrain
+def toy_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small ResNet-26 (width 0.25) pre-trained briefly on the toy source task, once per session."""
+    from method_helpers import make_toy_env
 
-    results = tmp_path_factory.mktemp("pretrain")
-    spec = BackboneSpec("resnet26", width=0.25)
-    overrides = {"epochs": 6, "batch_size": 64}
-    return pretrain(Benchmark.open(toy_root), results, spec, TOY_SOURCE, overrides=overrides, progress=False)
+    return make_toy_env(tmp_path_factory).checkpoint
