@@ -1,4 +1,4 @@
-"""Parallel residual adapters: frozen 3x3 weights, trained adapters and BNs, better than frozen features."""
+"""Residual adapters, series and parallel: frozen 3x3 weights, trained adapters and BNs, beat features."""
 
 from __future__ import annotations
 
@@ -17,10 +17,12 @@ from method_helpers import (
 )
 
 from methods.adapters_parallel import ParallelAdapter
+from methods.adapters_series import SeriesAdapter
 from vdd_bench.accounting import count_macs
 
 # zero-initialised adapters: a short run on a narrow network cannot recover from the random start
 OVERRIDES = {**FEATURE_OVERRIDES, "adapter_init": "zero"}
+ADAPTERS = [("adapters_series", SeriesAdapter), ("adapters_parallel", ParallelAdapter)]
 
 
 @pytest.fixture(scope="session")
@@ -28,8 +30,11 @@ def toy_env(tmp_path_factory: pytest.TempPathFactory) -> ToyEnv:
     return make_toy_env(tmp_path_factory)
 
 
-def test_parallel_adapters_keep_the_backbone_train_the_adapters_and_beat_features(toy_env: ToyEnv) -> None:
-    run = run_method(toy_env, "adapters_parallel", OVERRIDES)
+@pytest.mark.parametrize("method", [name for name, _ in ADAPTERS])
+def test_adapters_keep_the_backbone_train_the_adapters_and_beat_features(
+    toy_env: ToyEnv, method: str
+) -> None:
+    run = run_method(toy_env, method, OVERRIDES)
     feature = run_method(toy_env, "feature", FEATURE_OVERRIDES)
     state, pretrained = run.state, toy_env.pretrained
     assert assert_frozen_weights_unchanged(state, pretrained) == 25  # stem + 24 block convs
@@ -43,19 +48,16 @@ def test_parallel_adapters_keep_the_backbone_train_the_adapters_and_beat_feature
 
 
 @pytest.mark.parametrize("backbone", ["resnet18", "resnet50"])
-def test_parallel_adapters_wrap_the_spatial_convs_of_torchvision_resnets(backbone: str) -> None:
-    ctx = random_context("adapters_parallel", backbone, 0.125, 32)
-    model = train_steps("adapters_parallel", ctx)
-    wrapped = [m for m in model.modules() if isinstance(m, ParallelAdapter)]
+@pytest.mark.parametrize(("method", "wrapper"), ADAPTERS)
+def test_adapters_wrap_the_spatial_convs_of_torchvision_resnets(
+    backbone: str, method: str, wrapper: type
+) -> None:
+    ctx = random_context(method, backbone, 0.125, 32)
+    model = train_steps(method, ctx)
+    wrapped = [m for m in model.modules() if isinstance(m, wrapper)]
     assert all(max(m.layer.kernel_size) > 1 for m in wrapped)
     spatial = sum(1 for t in ctx.pretrained.values() if t.dim() == 4 and t.shape[-1] > 1)
     assert len(wrapped) == spatial  # the 7x7 stem and every 3x3; ResNet-50's 1x1 convs stay plain
     assert_frozen_weights_unchanged(model.state_dict(), ctx.pretrained)
     assert torch.isfinite(model(torch.randn(2, 3, 32, 32))).all()
     assert count_macs(model, 32) > 0
-
-
-def test_parallel_adapter_matches_the_strided_conv_output_size() -> None:
-    conv = torch.nn.Conv2d(3, 8, 7, 2, 3, bias=False)
-    adapter = ParallelAdapter(conv, "normal")
-    assert adapter(torch.randn(1, 3, 33, 33)).shape == conv(torch.randn(1, 3, 33, 33)).shape
