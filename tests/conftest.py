@@ -80,9 +80,11 @@ def make_root(tmp_path: Path) -> Callable[..., Path]:
 @pytest.fixture(scope="session")
 def toy_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The toy decathlon, generated once per test session (shared with the method tests' environment)."""
-    from method_helpers import make_toy_env
+    from method_helpers import toy_path
 
-    return Path(make_toy_env(tmp_path_factory).bench.root)
+    from tasks.toy import generate_toy
+
+    return generate_toy(toy_path(tmp_path_factory))
 
 
 @pytest.fixture(scope="session")

@@ -65,10 +65,14 @@ class Run:
         return (metrics["val_acc"] + metrics["test_acc"]) / 2
 
 
+def toy_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.getbasetemp() / "method-toy" / "toy"
+
+
 def make_toy_env(tmp_path_factory: pytest.TempPathFactory) -> ToyEnv:
     """For a session-scoped fixture of each test module; idempotent, so the work happens once a session."""
     base = tmp_path_factory.getbasetemp() / "method-toy"
-    bench = Benchmark.open(generate_toy(base / "toy"))
+    bench = Benchmark.open(generate_toy(toy_path(tmp_path_factory)))
     results = base / "results"
     checkpoint = pretrain(
         bench,
