@@ -55,6 +55,7 @@ class Group:
     tasks: list[str]
     rows: list[Row]
     baseline_note: str
+    benchmark_tasks: int  # how many tasks the benchmark has; `tasks` may be fewer
 
 
 def _group_key(record: dict[str, Any]) -> str:
@@ -92,8 +93,9 @@ def build_groups(records: Iterable[dict[str, Any]], split: str = "test") -> list
         bench = first["benchmark"]
         rows = [_row(runs, split) for runs in rows_by_key.values()]
         _label_rows(rows)
-        tasks = list(bench["tasks"])
-        group = Group(json.loads(gkey), bench["kind"], bench["name"], tasks, rows, "")
+        # the columns are the tasks this group has runs on (a sweep may cover a subset of the benchmark)
+        tasks = [t for t in bench["tasks"] if any(t in row.params for row in rows)]
+        group = Group(json.loads(gkey), bench["kind"], bench["name"], tasks, rows, "", len(bench["tasks"]))
         _score(group)
         if group.kind == "decathlon":
             group.rows += _published(tasks)
@@ -201,8 +203,10 @@ def title(group: Group) -> str:
         if group.kind == "toy"
         else ""
     )
+    subset = len(group.tasks) < group.benchmark_tasks
+    coverage = f", {len(group.tasks)} of its {group.benchmark_tasks} tasks run" if subset else ""
     return (
-        f"{group.name} [{group.kind}, {key['benchmark']}]{toy}\n"
+        f"{group.name} [{group.kind}, {key['benchmark']}]{toy}{coverage}\n"
         f"backbone {backbone['name']} (width {backbone['width']}), images {key['resolution']} px, "
         f"recipe {key['recipe']}, protocol {key['protocol']}; {group.baseline_note}"
     )
