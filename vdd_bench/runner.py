@@ -17,9 +17,9 @@ import torch
 
 from tasks.generic import task_facts
 from vdd_bench.accounting import count_macs, parameter_split
-from vdd_bench.augment import make_spec
+from vdd_bench.augment import AugmentSpec, make_spec
 from vdd_bench.backbones import BackboneSpec, load_checkpoint
-from vdd_bench.benchmark import Benchmark
+from vdd_bench.benchmark import Benchmark, SplitIndex
 from vdd_bench.cache import default_cache_path
 from vdd_bench.config import RunConfig
 from vdd_bench.device import Device, pick_device
@@ -150,6 +150,49 @@ def plan_run(
     return RunRequest(config, Path(bench.root), backbone_checkpoint, test_labels, needs)
 
 
+@dataclass
+class TaskData:
+    """A task's images (uint8, stored size) and labels per split, the training set and the transform."""
+
+    splits: dict[str, SplitIndex]
+    images: dict[str, np.ndarray]
+    train: LabelledImages
+    augment: AugmentSpec
+
+
+def load_task_data(bench: Benchmark, config: RunConfig, results: Path) -> TaskData:
+    """From the packed HDF5 cache when there is one for this benchmark and size, else from the JPEGs."""
+    size = config.resolution
+    cache = default_cache_path(results, bench, size)
+    cache = cache if cache.exists() else None
+    splits = {name: bench.split(config.task, name) for name in ("train", "val", "test")}
+    images = {name: load_split_images(bench, index, size, cache) for name, index in splits.items()}
+    mean, std = task_mean_std(bench, config.task, images["train"], results)
+    fit = ["train", "val"] if config.protocol == "trainval" else ["train"]
+    train = LabelledImages(
+        images=torch.from_numpy(np.concatenate([images[n] for n in fit])),
+        labels=torch.from_numpy(np.concatenate([splits[n].labels for n in fit])),
+    )
+    return TaskData(splits, images, train, make_spec(config.recipe, config.task, size, mean, std))
+
+
+def evaluate(
+    model: torch.nn.Module, data: TaskData, protocol: str, device: Device
+) -> tuple[dict[str, float | None], dict[str, np.ndarray]]:
+    """Accuracy on val and test (None without labels, or for val when it was trained on) and predictions."""
+    metrics: dict[str, float | None] = {}
+    arrays: dict[str, np.ndarray] = {}
+    for name in ("val", "test"):
+        pred = predict(model, torch.from_numpy(data.images[name]), data.augment, device)
+        labels = data.splits[name].labels
+        arrays[f"{name}_image_ids"] = np.asarray(data.splits[name].image_ids, dtype=np.int64)
+        arrays[f"{name}_pred"] = pred.astype(np.int64)
+        arrays[f"{name}_labels"] = labels if labels is not None else np.full(len(pred), -1, dtype=np.int64)
+        usable = labels is not None and not (name == "val" and protocol == "trainval")
+        metrics[f"{name}_acc"] = float(100.0 * np.mean(pred == labels)) if usable else None
+    return metrics, arrays
+
+
 def execute(
     request: RunRequest,
     results: Path,
@@ -173,19 +216,7 @@ def execute(
             f"the annotations under {request.root} changed since the run was planned: plan it again"
         )
     task = config.task
-    size = config.resolution
-    cache = default_cache_path(Path(results), bench, size)
-    cache = cache if cache.exists() else None
-    splits = {name: bench.split(task, name) for name in ("train", "val", "test")}
-    images = {name: load_split_images(bench, index, size, cache) for name, index in splits.items()}
-    mean, std = task_mean_std(bench, task, images["train"], Path(results))
-    augment = make_spec(config.recipe, task, size, mean, std)
-
-    fit_names = ["train", "val"] if config.protocol == "trainval" else ["train"]
-    train = LabelledImages(
-        images=torch.from_numpy(np.concatenate([images[n] for n in fit_names])),
-        labels=torch.from_numpy(np.concatenate([splits[n].labels for n in fit_names])),
-    )
+    data = load_task_data(bench, config, Path(results))
     pretrained, pretrained_classes = None, 0
     if config.backbone["checkpoint"] is not None:
         _, pretrained, _ = load_checkpoint(request.backbone_checkpoint)
@@ -199,7 +230,7 @@ def execute(
         pretrained=pretrained,
         pretrained_classes=pretrained_classes,
         hparams=config.hparams,
-        input_size=augment.crop,
+        input_size=data.augment.crop,
         inputs={name: store.run_dir(run_id) for name, run_id in config.inputs.items()},
     )
     torch.manual_seed(config.seed)
@@ -216,28 +247,18 @@ def execute(
         on_epoch_end=on_epoch_end,
     )
     started = time.perf_counter()
-    model, history = trainer.fit(model, train, augment)
+    model, history = trainer.fit(model, data.train, data.augment)
     train_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
-    metrics: dict[str, Any] = {}
-    arrays: dict[str, np.ndarray] = {
-        "category_ids": np.asarray(bench.tasks[task].category_ids, dtype=np.int64)
-    }
-    for name in ("val", "test"):
-        pred = predict(model, torch.from_numpy(images[name]), augment, device)
-        labels = splits[name].labels
-        arrays[f"{name}_image_ids"] = np.asarray(splits[name].image_ids, dtype=np.int64)
-        arrays[f"{name}_pred"] = pred.astype(np.int64)
-        arrays[f"{name}_labels"] = labels if labels is not None else np.full(len(pred), -1, dtype=np.int64)
-        usable = labels is not None and not (name == "val" and config.protocol == "trainval")
-        metrics[f"{name}_acc"] = float(100.0 * np.mean(pred == labels)) if usable else None
+    metrics, arrays = evaluate(model, data, config.protocol, device)
+    arrays["category_ids"] = np.asarray(bench.tasks[task].category_ids, dtype=np.int64)
     eval_seconds = time.perf_counter() - started
 
     cpu_model = copy.deepcopy(model).cpu().float()
     accounting = parameter_split(cpu_model, pretrained or {})
-    accounting["macs"] = count_macs(cpu_model, augment.crop)
-    accounting["input_size"] = augment.crop
+    accounting["macs"] = count_macs(cpu_model, data.augment.crop)
+    accounting["input_size"] = data.augment.crop
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     atomic_write_bytes(folder / "predictions.npz", buffer.getvalue())
