@@ -42,6 +42,7 @@ class Row:
     params: dict[str, float]  # task -> total parameters used at inference
     task_params: dict[str, float]  # task -> task-specific storage in float32 equivalents
     macs: dict[str, float]
+    hparams: dict[str, Any] = field(default_factory=dict)
     published: bool = False
     score: dict[str, float] = field(default_factory=dict)
     score_total: float | None = None
@@ -118,16 +119,22 @@ def _row(runs: list[dict[str, Any]], split: str) -> Row:
         task_params[task] = _mean([r["accounting"]["params_task_equiv"] for r in task_runs])
         macs[task] = _mean([r["accounting"]["macs"] for r in task_runs])
     method = runs[0]["config"]["method"]
-    return Row(method, method, accs, seeds, params, task_params, macs)
+    return Row(method, method, accs, seeds, params, task_params, macs, runs[0]["config"]["hparams"])
 
 
 def _label_rows(rows: list[Row]) -> None:
-    """Rows of the same method with other settings get a suffix so they stay apart."""
-    counts: dict[str, int] = defaultdict(int)
+    """Rows of the same method with other settings are labelled with the hyper-parameters that differ."""
+    by_method: dict[str, list[Row]] = defaultdict(list)
     for row in rows:
-        counts[row.method] += 1
-        if counts[row.method] > 1:
-            row.label = f"{row.method} #{counts[row.method]}"
+        by_method[row.method].append(row)
+    for same in by_method.values():
+        if len(same) < 2:
+            continue
+        keys = sorted({k for row in same for k in row.hparams})
+        differing = [k for k in keys if len({canonical_json(row.hparams.get(k)) for row in same}) > 1]
+        for number, row in enumerate(same, start=1):
+            settings = ", ".join(f"{k}={row.hparams.get(k)}" for k in differing)
+            row.label = f"{row.method} [{settings}]" if settings else f"{row.method} #{number}"
 
 
 def _score(group: Group) -> None:
