@@ -8,9 +8,10 @@ from method_helpers import ToyEnv, make_toy_env
 from vdd_bench.continual import plan_chain, run_chain
 from vdd_bench.store import RunStore
 
-ORDER = ["colors", "textures"]
-SHORT = {"epochs": 4, "lr": 0.05, "warmup_epochs": 1, "batch_size": 32}
-SEQUENTIAL_FINETUNING = {**SHORT, "warmup_epochs": 0, "distill_weight": 0.0}
+ORDER = ["colors", "stripes"]
+SHORT = {"epochs": 4, "lr": 0.1, "warmup_epochs": 1, "batch_size": 32}
+# the same chain without the distillation term: the first steps are identical, only task 2 differs
+SEQUENTIAL_FINETUNING = {**SHORT, "distill_weight": 0.0}
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +33,8 @@ def test_distillation_lowers_forgetting(env: ToyEnv) -> None:
             assert result.matrix[i][i] == pytest.approx(
                 RunStore(env.results).record(run_id)["metrics"]["test_acc"]
             )
-    # How much plain fine-tuning forgets on the toy depends on the pre-trained backbone (46 vs 28 points
-    # for LwF with one backbone, 0 vs 0 with another): only "never more" holds for every backbone seen.
-    assert lwf.forgetting["colors"] <= plain.forgetting["colors"]
+    assert lwf.matrix[0][0] == plain.matrix[0][0]
+    # stripes share nothing with colors: plain fine-tuning at lr 0.1 loses about half of colors (44-50 points
+    # with the backbones seen), LwF a few points
+    gap = plain.forgetting["colors"] - lwf.forgetting["colors"]
+    assert gap >= 20, f"forgetting of colors: lwf {lwf.forgetting['colors']}, plain {plain.forgetting['colors']}"
