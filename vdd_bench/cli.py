@@ -157,38 +157,8 @@ def run(
     )
 
 
-@main.command()
-@click.option("--file", "sweep_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--benchmark", "root", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--methods", default=None, help="Comma-separated (default all).")
-@click.option("--tasks", default=None, help="Comma-separated (default all).")
-@click.option("--seeds", default=None, help="Comma-separated integers (default 0).")
-@click.option("--backbone-checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--launcher", type=click.Choice(["local"]), default="local", show_default=True)
-@click.option("--dry-run", is_flag=True, help="List the runs and whether they are done; run nothing.")
-@SETS
-@EPOCH_SCALE
-@RESULTS
-@DEVICE
-@PROGRESS
-def sweep(
-    sweep_file,
-    root,
-    methods,
-    tasks,
-    seeds,
-    backbone_checkpoint,
-    launcher,
-    dry_run,
-    sets,
-    epoch_scale,
-    results,
-    device,
-    progress,
-) -> None:
-    """Methods x tasks x seeds on one benchmark, from a sweep file and/or options; done runs are skipped."""
-    from vdd_bench.launchers import LocalLauncher
-    from vdd_bench.store import RunStore
+def _sweep_requests(sweep_file, root, methods, tasks, seeds, backbone_checkpoint, sets, epoch_scale):
+    """The runs of a sweep file and/or options (options override the file)."""
     from vdd_bench.sweep import SweepSpec
 
     data: dict[str, Any] = {}
@@ -211,19 +181,138 @@ def sweep(
         data.setdefault("hparams", {}).setdefault("all", {}).update(parse_sets(sets))
     spec = SweepSpec.from_mapping(data, str(sweep_file or "command line"))
     base = sweep_file.parent if sweep_file and not root else Path.cwd()
-    requests = spec.expand(base)
+    return spec.expand(base)
+
+
+@main.command()
+@click.option("--file", "sweep_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--benchmark", "root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--methods", default=None, help="Comma-separated (default all).")
+@click.option("--tasks", default=None, help="Comma-separated (default all).")
+@click.option("--seeds", default=None, help="Comma-separated integers (default 0).")
+@click.option("--backbone-checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--launcher", type=click.Choice(["local", "slurm"]), default="local", show_default=True)
+@click.option(
+    "--profile",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="SLURM profile (YAML, e.g. slurm/profiles/generic-gpu.yaml); required with --launcher slurm.",
+)
+@click.option("--wait", is_flag=True, help="SLURM: return once the submitted jobs have left the queue.")
+@click.option("--dry-run", is_flag=True, help="List the runs and whether they are done; run nothing.")
+@SETS
+@EPOCH_SCALE
+@RESULTS
+@DEVICE
+@PROGRESS
+def sweep(
+    sweep_file,
+    root,
+    methods,
+    tasks,
+    seeds,
+    backbone_checkpoint,
+    launcher,
+    profile,
+    wait,
+    dry_run,
+    sets,
+    epoch_scale,
+    results,
+    device,
+    progress,
+) -> None:
+    """Methods x tasks x seeds on one benchmark, from a sweep file and/or options; done runs are skipped.
+
+    With --launcher slurm the runs are submitted as job arrays (one per method and dependency level) and
+    the command returns; `vdd status` follows them, and relaunching submits only what is missing."""
+    from vdd_bench.launchers import LocalLauncher
+    from vdd_bench.store import RunStore
+
+    if launcher == "slurm" and profile is None:
+        raise VddError("--launcher slurm needs --profile FILE (see slurm/profiles/)")
+    requests = _sweep_requests(
+        sweep_file, root, methods, tasks, seeds, backbone_checkpoint, sets, epoch_scale
+    )
     if dry_run:
         store = RunStore(results)
         for request in requests:
             state = "done" if store.is_done(request.config.run_id) else "todo"
             click.echo(f"{state}\t{request.config.run_id}")
         return
+    if launcher == "slurm":
+        _sweep_on_slurm(requests, profile, results, device, wait)
+        return
     summary = LocalLauncher(results, _device(device), progress).launch(requests)
+    claimed = f", {len(summary.claimed)} skipped (running elsewhere)" if summary.claimed else ""
     click.echo(
         f"{len(requests)} runs: {summary.done_before} already done, {summary.completed} completed, "
-        f"{len(summary.failed)} failed"
+        f"{len(summary.failed)} failed{claimed}"
     )
     _report_failures(summary)
+
+
+def _sweep_on_slurm(requests, profile: Path, results: Path, device: str | None, wait: bool) -> None:
+    from vdd_bench.slurm.launcher import SlurmLauncher, wait_for
+    from vdd_bench.slurm.profile import SlurmProfile
+    from vdd_bench.status import run_statuses
+
+    summary = SlurmLauncher(results, SlurmProfile.from_file(profile), device).launch(requests)
+    where = f" (submitit folder {summary.folder})" if summary.folder else ""
+    click.echo(
+        f"{summary.runs} runs (inputs included): {summary.done_before} already done, "
+        f"{len(summary.active)} queued or running, {summary.submitted} submitted in "
+        f"{len(summary.groups)} job array(s){where}"
+    )
+    for group in summary.groups:
+        after = f" after {','.join(group.after)}" if group.after else ""
+        first = group.job_ids[0].split("_")[0] if group.job_ids else "?"
+        click.echo(f"  job {first}: {group.method} level {group.level}, {len(group.requests)} run(s){after}")
+    if not wait:
+        return
+    wait_for(summary.job_ids() + [j for j in summary.active.values() if not j.startswith("pid ")])
+    ids = [g_request.config.run_id for g in summary.groups for g_request in g.requests]
+    failed = [s for s in run_statuses(results, ids) if s.state != "done"]
+    for status in failed:
+        click.echo(f"{status.state}: {status.run_id}: {status.error or ''} (log {status.log})", err=True)
+    if failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.option(
+    "--sweep",
+    "sweep_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Only the runs of this sweep file (repeatable); default every run folder of --results.",
+)
+@click.option("--benchmark", "root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--backbone-checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--epoch-scale", type=float, default=1.0, help="As given to `vdd sweep`.")
+@SETS
+@RESULTS
+@click.option("--json", "as_json", is_flag=True)
+def status(sweep_files, root, backbone_checkpoint, epoch_scale, sets, results, as_json) -> None:
+    """Every run: done / running / pending / failed / todo, from the run store and squeue/sacct; failed
+    runs with their log file and last error line."""
+    from dataclasses import asdict
+
+    from vdd_bench.slurm.launcher import closure
+    from vdd_bench.status import render_status, run_statuses
+
+    run_ids = None
+    if sweep_files:
+        run_ids = []
+        for sweep_file in sweep_files:
+            requests = _sweep_requests(
+                sweep_file, root, None, None, None, backbone_checkpoint, sets, epoch_scale
+            )
+            run_ids += [r.config.run_id for r in closure(requests) if r.config.run_id not in run_ids]
+    statuses = run_statuses(results, run_ids)
+    if as_json:
+        click.echo(json.dumps([asdict(s) for s in statuses], indent=2))
+    else:
+        click.echo(render_status(statuses))
 
 
 @main.command()

@@ -2,6 +2,9 @@
 
 A step of a sequential method (PackNet, LwF) runs through its method's `execute` and is then evaluated on
 every task of its chain learned so far (the accuracy matrix); its predecessor is an input, so it runs first.
+
+Every launcher runs a run under its claim (`store.claimed`): a run that a live process or SLURM job holds
+is skipped, so the same run never runs twice at once, whichever launcher started it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from vdd_bench.device import Device, pick_device
 from vdd_bench.errors import VddError
 from vdd_bench.method import METHODS
 from vdd_bench.runner import RunRequest, execute
-from vdd_bench.store import RunStore, atomic_write_bytes
+from vdd_bench.store import ClaimHeld, RunStore, atomic_write_bytes, claim_is_live, claimed
 
 
 @dataclass
@@ -25,6 +28,42 @@ class LaunchSummary:
     done_before: int = 0
     completed: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (run id, one-line error)
+    claimed: list[tuple[str, str]] = field(default_factory=list)  # (run id, who holds it): skipped
+
+
+def needs_run(request: RunRequest, results: Path) -> bool:
+    """Not done yet; or a done chain step whose accuracy-matrix row is missing."""
+    from vdd_bench.continual import CONTINUAL_FILE
+
+    store = RunStore(results)
+    if not store.is_done(request.config.run_id):
+        return True
+    return is_sequential(request) and not (store.run_dir(request.config.run_id) / CONTINUAL_FILE).exists()
+
+
+def run_request(request: RunRequest, results: Path, device: Device | None, progress: bool) -> None:
+    """Execute one planned run (a chain step through its method, then its accuracy-matrix row)."""
+    if is_sequential(request):
+        if not RunStore(results).is_done(request.config.run_id):
+            method = sequential_method(request.config.method)
+            method.execute(request, results, device or pick_device(), progress, None)
+        evaluate_step(request, results, device)
+    else:
+        execute(request, results, device, progress=progress)
+
+
+def live_claim_checker():
+    """claim_is_live with the scheduler asked at most once, and only when a claim names a SLURM job."""
+    cache: dict[str, dict[str, str] | None] = {}
+
+    def active_jobs() -> dict[str, str] | None:
+        if "jobs" not in cache:
+            from vdd_bench.slurm.scheduler import active, queue
+
+            cache["jobs"] = active(queue())
+        return cache["jobs"]
+
+    return lambda claim: claim_is_live(claim, active_jobs)
 
 
 def is_sequential(request: RunRequest) -> bool:
@@ -54,12 +93,10 @@ class LocalLauncher:
             run_id = request.config.run_id
             failed = store.run_dir(run_id) / "failed"
             try:
-                if is_sequential(request):
-                    method = sequential_method(request.config.method)
-                    method.execute(request, self.results, self.device or pick_device(), self.progress, None)
-                    evaluate_step(request, self.results, self.device)
-                else:
-                    execute(request, self.results, self.device, progress=self.progress)
+                with claimed(store.run_dir(run_id), live_claim_checker()):
+                    run_request(request, self.results, self.device, self.progress)
+            except ClaimHeld as exc:
+                summary.claimed.append((run_id, str(exc)))
             except VddError as exc:
                 summary.failed.append((run_id, str(exc)))
                 atomic_write_bytes(failed, f"{exc}\n".encode())

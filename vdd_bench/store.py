@@ -7,14 +7,21 @@ Layout of a run directory `<results>/runs/<run_id>/`:
   predictions.npz   per-image predictions on val and test
   record.json       metrics, accounting, timing (written atomically)
   done              written last; only runs with it are read by the leaderboard
+  failed            the error of the last failed attempt
+  claim.json        who is running the run now (see `RunStore.claim`); removed when it stops
+  slurm.json        the SLURM job last submitted for the run (job id, log files)
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import socket
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +29,9 @@ from vdd_bench.config import RunConfig, check_name
 from vdd_bench.errors import VddError
 
 RECORD_FORMAT = "vdd-record/1"
+CLAIM_FILE = "claim.json"
+CLAIM_LOCK = ".claim.lock"
+STALE_AFTER_S = 600.0  # a claim whose heartbeat is older, and whose owner nobody can check, is stale
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -85,3 +95,162 @@ class RunStore:
         for folder in sorted(self.runs.iterdir()):
             if (folder / "done").exists():
                 yield json.loads((folder / "record.json").read_text())
+
+
+# --- claims: at most one process runs a run at a time ---
+
+
+def current_owner() -> dict[str, Any]:
+    """Who would hold a claim taken now: the SLURM job (array element as `<array id>_<index>`, the form
+    squeue and sacct print) when inside one, and always the host and pid."""
+    env = os.environ
+    job_id = None
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        job_id = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    elif env.get("SLURM_JOB_ID"):
+        job_id = env["SLURM_JOB_ID"]
+    return {"job_id": job_id, "host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+
+
+def same_owner(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """A requeued SLURM job keeps its job id (and gets a new pid): it is the same owner."""
+    if a.get("job_id") or b.get("job_id"):
+        return a.get("job_id") == b.get("job_id")
+    return a.get("host") == b.get("host") and a.get("pid") == b.get("pid")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim_is_live(
+    claim: dict[str, Any],
+    active_jobs: Callable[[], dict[str, str] | None] = lambda: None,
+    now: float | None = None,
+    stale_after: float = STALE_AFTER_S,
+) -> bool:
+    """Is the claim's owner still at work? A SLURM job: the scheduler's word (RUNNING, PENDING after a
+    requeue, ...) when it answers; a process on this host: alive and heartbeating; else: a fresh heartbeat.
+
+    `active_jobs()` gives {job id: state} of the jobs in the queue, or None when no scheduler answers.
+    """
+    age = (now or time.time()) - claim.get("heartbeat", 0.0)
+    if claim.get("job_id"):
+        jobs = active_jobs()
+        if jobs is not None:
+            return claim["job_id"] in jobs
+    elif claim.get("host") == socket.gethostname():
+        return pid_alive(int(claim.get("pid", -1))) and age < stale_after
+    return age < stale_after
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive fcntl lock on the run folder's lock file, so that checking a claim and replacing it is
+    one step for every process that claims (also across hosts, where the filesystem supports locks)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / CLAIM_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def read_claim(folder: Path) -> dict[str, Any] | None:
+    """The claim of a run folder with its heartbeat (the file's modification time), or None."""
+    path = folder / CLAIM_FILE
+    try:
+        claim = json.loads(path.read_text())
+        claim["heartbeat"] = path.stat().st_mtime
+    except (FileNotFoundError, ValueError):
+        return None
+    return claim
+
+
+def take_claim(
+    folder: Path, owner: dict[str, Any], is_live: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any] | None:
+    """Claim a run folder for `owner`. Returns None when the claim is ours now, else the live claim of
+    whoever holds it. A claim left by a crashed job (its job gone, or its heartbeat old) is taken over;
+    our own claim (a requeued job) is renewed."""
+    with _locked(folder):
+        held = read_claim(folder)
+        if held is not None and not same_owner(held, owner) and is_live(held):
+            return held
+        path = folder / CLAIM_FILE
+        if held is None:
+            # O_EXCL: creating the file is atomic even where the lock above is advisory only
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            except FileExistsError:
+                return read_claim(folder)
+        atomic_write_json(path, {k: v for k, v in owner.items() if k != "heartbeat"})
+        return None
+
+
+def touch_claim(folder: Path) -> None:
+    """The heartbeat: refresh the claim file's modification time."""
+    try:
+        os.utime(folder / CLAIM_FILE)
+    except FileNotFoundError:
+        pass
+
+
+def release_claim(folder: Path, owner: dict[str, Any]) -> None:
+    with _locked(folder):
+        held = read_claim(folder)
+        if held is not None and same_owner(held, owner):
+            (folder / CLAIM_FILE).unlink(missing_ok=True)
+
+
+class ClaimHeld(VddError):
+    """Another live process holds the run."""
+
+
+@contextmanager
+def claimed(
+    folder: Path,
+    is_live: Callable[[dict[str, Any]], bool],
+    owner: dict[str, Any] | None = None,
+    every: float = 30.0,
+) -> Iterator[dict[str, Any]]:
+    """Hold the run's claim while the body runs, heartbeating every `every` seconds from a thread.
+
+    Raises ClaimHeld when someone else holds it. The claim is released when the body returns or raises an
+    Exception; not on SystemExit (submitit exits that way after asking for a requeue: the requeued job,
+    same job id, renews it) nor on KeyboardInterrupt (a dead local pid makes it stale anyway)."""
+    import threading
+
+    owner = owner or current_owner()
+    holder = take_claim(folder, owner, is_live)
+    if holder is not None:
+        where = f"job {holder['job_id']}" if holder.get("job_id") else f"pid {holder.get('pid')}"
+        raise ClaimHeld(f"{folder.name} is being run by {where} on {holder.get('host')}")
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            touch_claim(folder)
+
+    thread = threading.Thread(target=beat, name="vdd-claim-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield owner
+    except Exception:
+        stop.set()
+        release_claim(folder, owner)
+        raise
+    except BaseException:
+        stop.set()
+        raise
+    else:
+        stop.set()
+        release_claim(folder, owner)

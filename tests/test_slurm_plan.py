@@ -1,0 +1,216 @@
+"""Submission planning of the SLURM launcher, without a cluster: a fake submitit executor counts sbatch
+calls (one per `executor.batch()`), so the grouping into job arrays and their dependencies are checked."""
+
+from __future__ import annotations
+
+import itertools
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vdd_bench.config import RunConfig
+from vdd_bench.errors import VddError
+from vdd_bench.runner import RunRequest
+from vdd_bench.slurm.launcher import SlurmLauncher, read_submission
+from vdd_bench.slurm.profile import SlurmProfile
+from vdd_bench.store import RunStore, atomic_write_bytes
+
+TASKS = [f"task{k}" for k in range(10)]
+PARALLEL = ["finetune", "feature", "scratch", "adapters_series", "adapters_parallel", "piggyback", "dan"]
+
+
+def request(
+    method: str, task: str, seed: int = 0, extra: dict | None = None, **inputs: RunRequest
+) -> RunRequest:
+    config = RunConfig(
+        benchmark="b" * 12,
+        benchmark_kind="toy",
+        task=task,
+        method=method,
+        hparams={},
+        backbone={"name": "resnet26", "checkpoint": "c" * 12},
+        resolution=36,
+        seed=seed,
+        inputs={name: r.config.run_id for name, r in inputs.items()},
+        extra=extra or {},
+    )
+    return RunRequest(config, Path("root"), None, None, dict(inputs))
+
+
+def nettailor(task: str) -> RunRequest:
+    """NetTailor's run graph: teacher -> student -> two pruned candidates -> the selected one."""
+    teacher = request("finetune", task)  # the same run as the sweep's finetune run: submitted once
+    student = request("nettailor_student", task, teacher=teacher)
+    candidates = {
+        f"candidate_{k}": request("nettailor_prune", task, extra={"k": k}, teacher=teacher, student=student)
+        for k in (2, 4)
+    }
+    return request("nettailor", task, teacher=teacher, **candidates)
+
+
+def chain(method: str, tasks: list[str]) -> list[RunRequest]:
+    steps: list[RunRequest] = []
+    for task in tasks:
+        steps.append(request(method, task, **({"previous": steps[-1]} if steps else {})))
+    return steps
+
+
+@dataclass
+class FakeJob:
+    job_id: str
+
+    @property
+    def paths(self) -> Any:
+        return type("Paths", (), {"stdout": f"/logs/{self.job_id}.out", "stderr": f"/logs/{self.job_id}.err"})
+
+
+class FakeExecutor:
+    """Records what submitit's SlurmExecutor would be asked: one sbatch per batch() context."""
+
+    ids = itertools.count(1000)
+
+    def __init__(self, folder: Path, profile: SlurmProfile) -> None:
+        self.folder = folder
+        self.parameters: dict[str, Any] = dict(profile.executor_parameters())
+        self.sbatch_calls: list[dict[str, Any]] = []
+        self._batch: list[Any] | None = None
+
+    def update_parameters(self, **kwargs: Any) -> None:
+        self.parameters.update(kwargs)
+
+    @contextmanager
+    def batch(self):
+        self._batch = []
+        yield
+        array = next(self.ids)
+        jobs = self._batch
+        for index, job in enumerate(jobs):
+            job.job_id = f"{array}_{index}" if len(jobs) > 1 else str(array)
+        self.sbatch_calls.append({**self.parameters, "jobs": [j.job_id for j in jobs]})
+        self._batch = None
+
+    def submit(self, fn: Any) -> FakeJob:
+        assert self._batch is not None, "every submission goes through an array"
+        job = FakeJob("?")
+        job.function = fn
+        self._batch.append(job)
+        return job
+
+
+def launch(tmp_path: Path, requests: list[RunRequest]) -> tuple[Any, list[FakeExecutor]]:
+    executors: list[FakeExecutor] = []
+
+    def factory(folder: Path, profile: SlurmProfile) -> FakeExecutor:
+        executors.append(FakeExecutor(folder, profile))
+        return executors[-1]
+
+    launcher = SlurmLauncher(tmp_path, SlurmProfile(), executor_factory=factory)
+    return launcher.launch(requests), executors
+
+
+@pytest.fixture(autouse=True)
+def no_scheduler(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vdd_bench.slurm import scheduler
+
+    monkeypatch.setattr(scheduler, "queue", lambda: {})
+
+
+def test_eight_methods_on_ten_tasks_take_a_handful_of_job_arrays(tmp_path: Path) -> None:
+    sweep = [request(m, t) for m in PARALLEL for t in TASKS] + [nettailor(t) for t in TASKS]
+    summary, [executor] = launch(tmp_path, sweep)
+    calls = executor.sbatch_calls
+    # 7 methods in one array each (NetTailor's teachers are the finetune runs), then student, candidates
+    # and selection one level after the other: 10 sbatch calls for 8 methods x 10 tasks (110 runs)
+    assert len(calls) == 10
+    assert summary.submitted == 7 * 10 + 10 + 20 + 10 == 110
+    sizes = {(g.method, g.level): len(g.requests) for g in summary.groups}
+    assert sizes[("finetune", 0)] == 10 and sizes[("nettailor_prune", 2)] == 20
+    by_name = {call["job_name"]: call for call in calls}
+    student = by_name["vdd-nettailor_student-L1"]
+    finetune_jobs = by_name["vdd-finetune-L0"]["jobs"]
+    dependency = student["additional_parameters"]["dependency"]
+    assert dependency.startswith("afterok:") and set(dependency[8:].split(":")) == set(finetune_jobs)
+    assert "dependency" not in by_name["vdd-feature-L0"]["additional_parameters"]
+    # every job's submission is recorded in its run folder (job id and log files, for vdd status)
+    store = RunStore(tmp_path)
+    run = sweep[0].config.run_id
+    assert (store.run_dir(run) / "slurm.json").read_text().count(finetune_jobs[0]) == 3
+
+
+def test_a_chain_is_one_job_per_step_each_after_the_previous(tmp_path: Path) -> None:
+    steps = chain("packnet", TASKS[:3])
+    summary, [executor] = launch(tmp_path, steps)
+    calls = executor.sbatch_calls
+    assert [c["job_name"] for c in calls] == [f"vdd-packnet-L{k}" for k in range(3)]
+    assert "dependency" not in calls[0]["additional_parameters"]
+    for before, after in itertools.pairwise(calls):
+        assert after["additional_parameters"]["dependency"] == f"afterok:{before['jobs'][0]}"
+        assert after["additional_parameters"]["kill-on-invalid-dep"] == "yes"
+
+
+def test_relaunch_skips_done_and_queued_runs_and_submits_failed_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vdd_bench.slurm import scheduler
+
+    sweep = [request(m, t) for m in ("finetune", "feature") for t in TASKS[:3]]
+    launch(tmp_path, sweep)
+    store = RunStore(tmp_path)
+    jobs = {r.config.run_id: read_submission(store.run_dir(r.config.run_id))["job_id"] for r in sweep}
+    done, failed, queued = sweep[0], sweep[1], sweep[2]
+    atomic_write_bytes(store.run_dir(done.config.run_id) / "done", b"")
+    atomic_write_bytes(store.run_dir(failed.config.run_id) / "failed", b"boom\n")
+    still = {jobs[queued.config.run_id]: "PENDING"}
+    monkeypatch.setattr(scheduler, "queue", lambda: still)
+    # every job but `queued` left the queue; the others (never finished) count as lost: submitted again
+    summary, [executor] = launch(tmp_path, sweep)
+    assert summary.done_before == 1 and summary.active == {queued.config.run_id: jobs[queued.config.run_id]}
+    assert summary.submitted == 4 and len(executor.sbatch_calls) == 2
+
+    for request_ in sweep:
+        atomic_write_bytes(store.run_dir(request_.config.run_id) / "done", b"")
+    summary, executors = launch(tmp_path, sweep)
+    assert summary.done_before == 6 and summary.submitted == 0 and executors == []
+
+
+def test_without_a_scheduler_the_slurm_launcher_refuses(tmp_path: Path, monkeypatch) -> None:
+    from vdd_bench.slurm import scheduler
+
+    monkeypatch.setattr(scheduler, "queue", lambda: None)
+    with pytest.raises(VddError, match="no SLURM controller answers"):
+        SlurmLauncher(tmp_path, SlurmProfile()).launch([request("finetune", "a")])
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("partition: gpu\ngpu: 1\n", "unknown key 'gpu'"),
+        ("cpus: many\n", "cpus must be int"),
+        ("cpus: 0\n", "cpus must be >= 1"),
+        ("gpus: true\n", "gpus must be int"),
+        ("sbatch: {dependency: 'afterok:1'}\n", "sbatch.dependency"),
+        ("sbatch: {--constraint: a100}\n", "without dashes"),
+        ("setup: [1]\n", "setup must be a list of shell lines"),
+        ("- a\n", "must be a mapping"),
+        ("time_min: [\n", "cannot read SLURM profile"),
+    ],
+)
+def test_bad_profiles_are_refused_in_one_line_naming_the_file(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "profile.yaml"
+    path.write_text(text)
+    with pytest.raises(VddError, match=message) as info:
+        SlurmProfile.from_file(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_shipped_profiles_are_valid() -> None:
+    root = Path(__file__).resolve().parents[1] / "slurm" / "profiles"
+    profiles = {p.stem: SlurmProfile.from_file(p) for p in root.glob("*.yaml")}
+    assert {"generic-gpu", "local-test"} <= set(profiles)
+    assert profiles["generic-gpu"].executor_parameters()["gpus_per_node"] == 1
+    assert profiles["local-test"].partition == "debug"

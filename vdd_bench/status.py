@@ -1,0 +1,104 @@
+"""`vdd status`: the state of every run of a sweep (or of a results folder), from the run store and the
+scheduler's view.
+
+  done      the run has its `done` marker
+  running   a live claim holds it (a local process, or a SLURM job that squeue shows RUNNING)
+  pending   its last SLURM job is queued (waiting for resources, its inputs, or a requeue)
+  failed    its last attempt failed (`failed` file), or its job ended without a result (sacct says
+            FAILED, CANCELLED, TIMEOUT, NODE_FAIL, OUT_OF_MEMORY, ...)
+  todo      never started (or its job vanished without a trace)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from vdd_bench.slurm import scheduler
+from vdd_bench.slurm.launcher import read_submission
+from vdd_bench.store import RunStore, claim_is_live, read_claim
+
+STATES = ("done", "running", "pending", "failed", "todo")
+
+
+@dataclass
+class RunStatus:
+    run_id: str
+    method: str
+    task: str
+    seed: int | None
+    state: str
+    job_id: str | None = None
+    log: str | None = None
+    error: str | None = None
+
+
+def last_error_line(path: Path) -> str | None:
+    try:
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except FileNotFoundError:
+        return None
+    return lines[-1] if lines else None
+
+
+def run_statuses(results: Path, run_ids: list[str] | None = None) -> list[RunStatus]:
+    """One status per run id (default: every run folder under results/runs), scheduler asked once."""
+    store = RunStore(results)
+    if run_ids is None:
+        run_ids = sorted(p.name for p in store.runs.iterdir() if p.is_dir()) if store.runs.is_dir() else []
+    jobs = scheduler.queue()
+    queued = scheduler.active(jobs)
+    out: list[RunStatus] = []
+    gone: dict[str, RunStatus] = {}
+    for run_id in run_ids:
+        folder = store.run_dir(run_id)
+        method, task, seed = _identity(folder, run_id)
+        status = RunStatus(run_id, method, task, seed, "todo")
+        submission = read_submission(folder)
+        if submission is not None:
+            status.job_id, status.log = submission["job_id"], submission["stderr"]
+        claim = read_claim(folder)
+        if (folder / "done").exists():
+            status.state = "done"
+        elif claim is not None and claim_is_live(claim, lambda: queued):
+            status.state = "running"
+            status.job_id = claim.get("job_id") or f"pid {claim.get('pid')}@{claim.get('host')}"
+        elif submission is not None and queued is not None and submission["job_id"] in queued:
+            running = queued[submission["job_id"]] == "RUNNING"
+            status.state = "running" if running else "pending"
+        elif (folder / "failed").exists():
+            status.state = "failed"
+            status.error = last_error_line(folder / "failed")
+            status.log = status.log or str(folder / "failed")
+        elif submission is not None:
+            gone[submission["job_id"]] = status
+        out.append(status)
+    for job_id, state in scheduler.final_states(gone).items():
+        if job_id in gone and state not in ("COMPLETED", "PENDING", "RUNNING", ""):
+            gone[job_id].state = "failed"
+            gone[job_id].error = f"job {job_id} ended {state} without finishing the run"
+    return out
+
+
+def _identity(folder: Path, run_id: str) -> tuple[str, str, int | None]:
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        return config["method"], config["task"], config["seed"]
+    except (FileNotFoundError, ValueError, KeyError):
+        method, _, rest = run_id.partition("--")
+        return method, rest.rpartition("--")[0], None
+
+
+def render_status(statuses: list[RunStatus]) -> str:
+    from tabulate import tabulate
+
+    rows = [
+        [s.state, s.method, s.task, s.seed, s.job_id, s.run_id, s.log if s.error else None, s.error]
+        for s in statuses
+    ]
+    counts = ", ".join(f"{sum(s.state == k for s in statuses)} {k}" for k in STATES)
+    table = tabulate(
+        rows, ["state", "method", "task", "seed", "job", "run", "log", "last error"], missingval=""
+    )
+    return f"{table}\n\n{len(statuses)} runs: {counts}"
