@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
-from method_helpers import ToyEnv, make_toy_env
+import io
+from collections import defaultdict
 
-from vdd_bench.avalanche import register_strategy, to_avalanche
+import pytest
+import torch
+from method_helpers import ToyEnv, make_toy_env
+from torch import nn
+
+from vdd_bench.avalanche import decode_state, encode_state, register_strategy, to_avalanche
 from vdd_bench.continual import plan_chain, render_continual, run_chain
 from vdd_bench.leaderboard import build_groups
 from vdd_bench.store import RunStore
@@ -31,8 +36,38 @@ def test_a_root_becomes_a_task_incremental_avalanche_benchmark(env: ToyEnv) -> N
             assert x.shape == (3, 32, 32) and t == label
 
 
-def test_an_avalanche_strategy_runs_as_a_chain_and_lands_in_the_leaderboard(env: ToyEnv) -> None:
-    method = register_strategy("EWC")
+def test_plugin_state_round_trips_through_a_weights_only_file() -> None:
+    from avalanche.training.plugins import EWCPlugin, LwFPlugin
+    from avalanche.training.utils import ParamData
+
+    previous = nn.Linear(3, 2)
+    ewc, lwf = EWCPlugin(ewc_lambda=0.5), LwFPlugin(alpha=1.0, temperature=2.0)
+    ewc.saved_params[0] = {"w": ParamData("w", torch.Size([2, 3]), init_tensor=torch.randn(2, 3))}
+    ewc.importances[0] = {"w": ParamData("w", torch.Size([2, 3]), init_tensor=torch.rand(2, 3))}
+    lwf.lwf.prev_model = previous
+    lwf.lwf.prev_classes_by_task[0] = {0, 1}
+    buffer = io.BytesIO()
+    torch.save([encode_state(dict(p.__dict__), "test") for p in (ewc, lwf)], buffer)
+    buffer.seek(0)
+    ewc_state, lwf_state = (decode_state(s, previous) for s in torch.load(buffer, weights_only=True))
+
+    assert ewc_state["ewc_lambda"] == 0.5 and isinstance(ewc_state["saved_params"], defaultdict)
+    for key in ("saved_params", "importances"):
+        restored, original = ewc_state[key][0]["w"], getattr(ewc, key)[0]["w"]
+        assert type(restored) is ParamData and restored.shape == torch.Size([2, 3])
+        assert torch.equal(restored.data, original.data)
+    restored_lwf = lwf_state["lwf"]
+    assert type(restored_lwf) is type(lwf.lwf) and restored_lwf.temperature == 2.0
+    assert restored_lwf.prev_classes_by_task[0] == {0, 1} and restored_lwf.prev_classes_by_task[5] == set()
+    assert restored_lwf.prev_model is not previous
+    assert torch.equal(restored_lwf.prev_model.weight, previous.weight)
+
+
+@pytest.mark.parametrize("strategy", ["EWC", "LwF"])
+def test_an_avalanche_strategy_runs_as_a_chain_and_lands_in_the_leaderboard(
+    env: ToyEnv, strategy: str
+) -> None:
+    method = register_strategy(strategy)
     requests = plan_chain(
         env.bench, method, ORDER, {"epochs": 1, "batch_size": 32}, backbone_checkpoint=env.checkpoint
     )
@@ -44,3 +79,4 @@ def test_an_avalanche_strategy_runs_as_a_chain_and_lands_in_the_leaderboard(env:
     assert set(row.accs) == set(ORDER)
     assert method in render_continual(env.results)
     assert (RunStore(env.results).run_dir(result.run_ids[0]) / "avalanche_state.pt").exists()
+    assert (RunStore(env.results).run_dir(result.run_ids[1]) / "predictions.npz").exists()

@@ -37,4 +37,4 @@ def test_distillation_lowers_forgetting(env: ToyEnv) -> None:
     # stripes share nothing with colors: plain fine-tuning at lr 0.1 loses about half of colors (44-50 points
     # with the backbones seen), LwF a few points
     gap = plain.forgetting["colors"] - lwf.forgetting["colors"]
-    assert gap >= 20, f"forgetting of colors: lwf {lwf.forgetting['colors']}, plain {plain.forgetting['colors']}"
+    assert gap >= 20, f"forgetting: lwf {lwf.forgetting['colors']}, plain {plain.forgetting['colors']}"

@@ -11,7 +11,10 @@
    (`AvalancheNet`, a `MultiTaskModule` with fixed-size heads: Avalanche's `MultiHeadClassifier` with
    masking crashes with the new benchmark API). The strategy's plugins (EWC's importances, LwF's previous
    model, ...) are saved after each step and restored into the next step's strategy
-   (`avalanche_state.pt`), since Avalanche's own checkpointing fails to pickle under recent torch.
+   (`avalanche_state.pt`), since Avalanche's own checkpointing fails to pickle under recent torch. The file
+   holds plain data only and loads with `weights_only=True` (`encode_state`): a network a plugin holds is
+   the previous step's model and is restored from its `model.pt`; a strategy whose state holds anything
+   else (Replay's buffer of datasets) is refused with an error rather than pickled.
 
 Limits: Avalanche's PackNet refuses BatchNorm and cannot wrap these ResNets (use the harness's `packnet`);
 its stream accuracy weighs tasks by samples, the harness reports plain means over tasks; epoch-end
@@ -20,27 +23,26 @@ checkpoints happen inside Avalanche's loop only, so a killed step restarts its e
 
 from __future__ import annotations
 
+import copy
+import importlib
 import json
-import platform
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vdd_bench.accounting import count_macs, parameter_split
 from vdd_bench.augment import augment_batch
-from vdd_bench.backbones import BackboneSpec, build_backbone, load_checkpoint
+from vdd_bench.backbones import BackboneSpec, build_backbone
 from vdd_bench.benchmark import Benchmark
 from vdd_bench.continual import PREVIOUS, SequentialMethod, eval_split
 from vdd_bench.device import Device
-from vdd_bench.engine import predict, save_state
 from vdd_bench.errors import VddError
 from vdd_bench.method import METHODS, TaskContext, pretrained_backbone, register_method
-from vdd_bench.runner import MODEL_FORMAT, RunRequest, default_resolution
+from vdd_bench.runner import RunRequest, default_resolution, finish_run, open_run
 from vdd_bench.store import RunStore
 
 STATE_FILE = "avalanche_state.pt"
@@ -100,6 +102,9 @@ def to_avalanche(
     return _stream_benchmark(**streams)
 
 
+_ACTIVE = object()  # AvalancheNet.forward called without task labels
+
+
 def _avalanche_net(features: nn.Module, feature_dim: int) -> nn.Module:
     from avalanche.models import MultiTaskModule
 
@@ -120,8 +125,9 @@ def _avalanche_net(features: nn.Module, feature_dim: int) -> nn.Module:
         def forward_single_task(self, x: Tensor, task_label: int) -> Tensor:
             return self.heads[task_label](self.features(x))
 
-        def forward(self, x: Tensor, task_labels: Tensor | int | None = None) -> Tensor:
-            return super().forward(x, self.active if task_labels is None else task_labels)
+        def forward(self, x: Tensor, task_labels: Any = _ACTIVE) -> Any:
+            """`model(x)` (the harness): the active task's head; Avalanche's `model(x, None)`: every head."""
+            return super().forward(x, self.active if task_labels is _ACTIVE else task_labels)
 
     return AvalancheNet()
 
@@ -138,6 +144,7 @@ class AvalancheStrategy(SequentialMethod):
         for classes in structure["classes"]:
             model.add_head(classes)
         model.avalanche_tasks = list(structure["tasks"])
+        model.known_train_tasks_labels = set(range(len(model.avalanche_tasks)))  # for "every head"
         return model
 
     def build(self, ctx: TaskContext) -> nn.Module:
@@ -160,6 +167,9 @@ class AvalancheStrategy(SequentialMethod):
         model.active = model.avalanche_tasks.index(task)
         return model
 
+    def report(self, model: nn.Module, ctx: TaskContext) -> dict[str, Any]:
+        return {"loop": "avalanche", "strategy": self.strategy, "task_label": model.active}
+
     def execute(
         self,
         request: RunRequest,
@@ -168,36 +178,22 @@ class AvalancheStrategy(SequentialMethod):
         progress: bool,
         on_epoch_end: Callable[[int, int], None] | None,
     ) -> dict[str, Any]:
-        """One experience in Avalanche's loop, then the harness's evaluation, accounting and record."""
+        """One experience in Avalanche's loop, then the runner's evaluation, accounting and record."""
         import avalanche.training
         from avalanche.training.plugins import EvaluationPlugin
 
-        store, config = RunStore(results), request.config
-        existing = store.record(config.run_id)
+        config = request.config
+        existing = RunStore(results).record(config.run_id)
         if existing is not None:
             return existing
-        for name, needed in request.inputs.items():
-            if not store.is_done(needed.config.run_id):
-                raise VddError(f"{config.run_id}: its {name} step is not finished: run the chain in order")
-        folder = store.start(config)
-        bench = Benchmark.open(request.root, request.test_labels)
-        _, pretrained, _ = load_checkpoint(request.backbone_checkpoint)
+        run = open_run(request, Path(results))
         hp = config.hparams
-        ctx = TaskContext(
-            task=config.task,
-            num_classes=bench.tasks[config.task].num_classes,
-            spec=BackboneSpec.from_dict({k: v for k, v in config.backbone.items() if k != "checkpoint"}),
-            pretrained=pretrained,
-            pretrained_classes=pretrained["classifier.weight"].shape[0],
-            hparams=hp,
-            input_size=0,
-            inputs={name: store.run_dir(run_id) for name, run_id in config.inputs.items()},
-        )
         torch.manual_seed(config.seed)
-        model = self.build(ctx)
-        label = len(model.avalanche_tasks) - 1
-        images, labels = task_tensors(bench, config.task, "train", config.resolution, config.recipe, results)
-        experience = _dataset(images, labels, label)
+        model = self.build(run.ctx)
+        previous = self.load_previous(run.ctx)
+        images, labels = task_tensors(
+            run.bench, config.task, "train", config.resolution, config.recipe, Path(results)
+        )
         strategy = getattr(avalanche.training, self.strategy)(
             model=model,
             optimizer=torch.optim.SGD(
@@ -212,58 +208,93 @@ class AvalancheStrategy(SequentialMethod):
             **{**STRATEGY_ARGS.get(self.strategy, {}), **json.loads(hp["strategy_args"] or "{}")},
         )
         plugins = [p for p in strategy.plugins if not isinstance(p, EvaluationPlugin)]
-        if PREVIOUS in ctx.inputs:
-            saved = torch.load(ctx.inputs[PREVIOUS] / STATE_FILE, map_location="cpu", weights_only=False)
+        if previous is not None:
+            saved = torch.load(run.ctx.inputs[PREVIOUS] / STATE_FILE, map_location="cpu", weights_only=True)
             for plugin, state in zip(plugins, saved, strict=True):
-                plugin.__dict__.update(state)
+                plugin.__dict__.update(decode_state(state, previous[0].to(device.torch_device)))
         started = time.perf_counter()
-        strategy.train(_stream_benchmark(train=[experience]).train_stream[0])
+        strategy.train(_stream_benchmark(train=[_dataset(images, labels, model.active)]).train_stream[0])
         train_seconds = time.perf_counter() - started
-        torch.save([dict(p.__dict__) for p in plugins], folder / STATE_FILE)
+        torch.save([encode_state(dict(p.__dict__), self.strategy) for p in plugins], run.folder / STATE_FILE)
+        return finish_run(run, model.eval(), device, train_seconds, [])
 
-        cpu_model = model.cpu().float().eval()
-        model.active = label
-        metrics = {}
-        for split in ("val", "test"):
-            data = eval_split(bench, config.task, split, config.resolution, config.recipe, results)
-            pred = predict(cpu_model, data.images, data.augment, device)
-            metrics[f"{split}_acc"] = (
-                float(100 * np.mean(pred == data.labels)) if data.labels is not None else None
-            )
-        crop = images.shape[-1]
-        accounting = {
-            **parameter_split(cpu_model, pretrained),
-            "macs": count_macs(cpu_model, crop),
-            "input_size": crop,
-        }
-        save_state(
-            folder / "model.pt",
-            {"format": MODEL_FORMAT, "structure": self.structure(cpu_model), "model": cpu_model.state_dict()},
+
+_MODEL = "__previous_model__"
+_FACTORIES: dict[str, type] = {"dict": dict, "list": list, "set": set}
+
+
+def encode_state(value: Any, strategy: str) -> Any:
+    """A plugin's state as plain data that loads with `weights_only=True`: tensors, numbers, strings and
+    tagged containers. A network becomes a marker (what a plugin holds is the previous step's model, restored
+    from that step's `model.pt`), an Avalanche helper object its class name and encoded attributes."""
+    from avalanche.training.utils import ParamData
+
+    def encode(item: Any) -> Any:
+        return encode_state(item, strategy)
+
+    if value is None or isinstance(value, (bool, int, float, str, Tensor)):
+        return value
+    if isinstance(value, nn.Module):
+        return _MODEL
+    if isinstance(value, torch.Size):
+        return {"__size__": list(value)}
+    if isinstance(value, torch.device):
+        return {"__device__": str(value)}
+    if isinstance(value, ParamData):
+        return {"__param__": {"name": value.name, "shape": list(value.shape), "data": value.data}}
+    if isinstance(value, defaultdict) and value.default_factory in _FACTORIES.values():
+        factory = value.default_factory.__name__
+        return {"__defaultdict__": factory, "items": {k: encode(v) for k, v in value.items()}}
+    if isinstance(value, dict):
+        return {"__dict__": {k: encode(v) for k, v in value.items()}}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return {f"__{type(value).__name__}__": [encode(v) for v in value]}
+    cls = type(value)
+    if cls.__module__.startswith("avalanche.") and hasattr(value, "__dict__"):
+        return {"__object__": f"{cls.__module__}:{cls.__qualname__}", "state": encode(vars(value))}
+    raise VddError(
+        f"avalanche:{strategy}: its plugin state holds a {cls.__module__}.{cls.__qualname__}, which the "
+        "harness cannot store safely between steps: use a strategy whose state is tensors (EWC, SI, MAS, LwF)"
+    )
+
+
+def decode_state(value: Any, previous_model: nn.Module) -> Any:
+    """The inverse of `encode_state`; only classes of Avalanche's own modules are re-created."""
+    from avalanche.training.utils import ParamData
+
+    def decode(item: Any) -> Any:
+        return decode_state(item, previous_model)
+
+    if value == _MODEL:
+        return copy.deepcopy(previous_model)
+    if not isinstance(value, dict):
+        return value
+    [(tag, content)] = [(k, v) for k, v in value.items() if k != "items" and k != "state"]
+    if tag == "__size__":
+        return torch.Size(content)
+    if tag == "__device__":
+        return torch.device(content)
+    if tag == "__param__":
+        return ParamData(content["name"], torch.Size(content["shape"]), init_tensor=content["data"])
+    if tag == "__defaultdict__":
+        return defaultdict(_FACTORIES[content], {k: decode(v) for k, v in value["items"].items()})
+    if tag == "__dict__":
+        return {k: decode(v) for k, v in content.items()}
+    if tag in ("__list__", "__tuple__", "__set__", "__frozenset__"):
+        return {"__list__": list, "__tuple__": tuple, "__set__": set, "__frozenset__": frozenset}[tag](
+            decode(v) for v in content
         )
-        record = {
-            "benchmark": {
-                "kind": bench.kind,
-                "name": bench.name,
-                "fingerprint": bench.fingerprint,
-                "tasks": bench.task_names(),
-            },
-            "task": config.task,
-            "method": config.method,
-            "num_classes": ctx.num_classes,
-            "official_baseline_acc": None,
-            "metrics": metrics,
-            "method_report": {"loop": "avalanche", "strategy": self.strategy, "task_label": label},
-            "history": [],
-            "accounting": accounting,
-            "timing": {
-                "train_s": round(train_seconds, 3),
-                "device": device.describe(),
-                "torch": torch.__version__,
-                "python": platform.python_version(),
-            },
-        }
-        store.finish(config, record)
-        return store.record(config.run_id)
+    if tag == "__object__":
+        module_name, _, qualname = content.partition(":")
+        if not module_name.startswith("avalanche."):
+            raise VddError(f"plugin state names {content}, not an Avalanche class: refusing it")
+        cls: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            cls = getattr(cls, part)
+        obj = object.__new__(cls)
+        obj.__dict__.update(decode(value["state"]))
+        return obj
+    raise VddError(f"plugin state: unknown tag {tag!r}: the state file was written by another version")
 
 
 def _features(backbone: nn.Module) -> nn.Module:

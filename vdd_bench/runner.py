@@ -26,7 +26,7 @@ from vdd_bench.device import Device, pick_device
 from vdd_bench.engine import LabelledImages, Trainer, predict, save_state
 from vdd_bench.errors import VddError
 from vdd_bench.images import load_split_images
-from vdd_bench.method import METHODS, TaskContext, get_method, resolve_hparams
+from vdd_bench.method import METHODS, Method, TaskContext, get_method, resolve_hparams
 from vdd_bench.normalization import task_mean_std
 from vdd_bench.store import RunStore, atomic_write_bytes
 
@@ -193,94 +193,93 @@ def evaluate(
     return metrics, arrays
 
 
-def execute(
-    request: RunRequest,
-    results: Path,
-    device: Device | None = None,
-    progress: bool = True,
-    on_epoch_end: Callable[[int, int], None] | None = None,
-) -> dict[str, Any]:
-    """Run to completion (resuming from the last epoch-end checkpoint) and return the record."""
-    store = RunStore(results)
-    config = request.config
-    existing = store.record(config.run_id)
-    if existing is not None:
-        return existing
-    device = device or pick_device()
-    for needed in request.inputs.values():
-        execute(needed, results, device, progress)
+@dataclass
+class OpenRun:
+    """A started run: its folder, benchmark, data, method and task context, ready to train."""
+
+    request: RunRequest
+    store: RunStore
+    folder: Path
+    bench: Benchmark
+    data: TaskData
+    method: Method
+    ctx: TaskContext
+
+
+def open_run(request: RunRequest, results: Path) -> OpenRun:
+    """Start a run whose inputs are finished: check the benchmark, read the data, build the task context."""
+    store, config = RunStore(results), request.config
+    for name, needed in request.inputs.items():
+        if not store.is_done(needed.config.run_id):
+            raise VddError(f"{config.run_id}: its input {name} ({needed.config.run_id}) is not finished")
     folder = store.start(config)
     bench = Benchmark.open(request.root, request.test_labels)
     if bench.fingerprint != config.benchmark:
         raise VddError(
             f"the annotations under {request.root} changed since the run was planned: plan it again"
         )
-    task = config.task
     data = load_task_data(bench, config, Path(results))
     pretrained, pretrained_classes = None, 0
     if config.backbone["checkpoint"] is not None:
         _, pretrained, _ = load_checkpoint(request.backbone_checkpoint)
         pretrained_classes = pretrained["classifier.weight"].shape[0]
-    spec = BackboneSpec.from_dict({k: v for k, v in config.backbone.items() if k != "checkpoint"})
-    method = get_method(config.method)
     ctx = TaskContext(
-        task=task,
-        num_classes=bench.tasks[task].num_classes,
-        spec=spec,
+        task=config.task,
+        num_classes=bench.tasks[config.task].num_classes,
+        spec=BackboneSpec.from_dict({k: v for k, v in config.backbone.items() if k != "checkpoint"}),
         pretrained=pretrained,
         pretrained_classes=pretrained_classes,
         hparams=config.hparams,
         input_size=data.augment.crop,
         inputs={name: store.run_dir(run_id) for name, run_id in config.inputs.items()},
     )
-    torch.manual_seed(config.seed)
-    model = method.build(ctx)
-    trainer = Trainer(
-        method,
-        ctx,
-        device,
-        config.seed,
-        folder / "checkpoint.pt",
-        config.digest(),
-        progress=progress,
-        label=f"{config.method}/{task}",
-        on_epoch_end=on_epoch_end,
-    )
-    started = time.perf_counter()
-    model, history = trainer.fit(model, data.train, data.augment)
-    train_seconds = time.perf_counter() - started
+    return OpenRun(request, store, folder, bench, data, get_method(config.method), ctx)
 
+
+def finish_run(
+    run: OpenRun,
+    model: torch.nn.Module,
+    device: Device,
+    train_seconds: float,
+    history: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Evaluate, account, save the model and predictions, write the record and mark the run done."""
+    config, data, task = run.request.config, run.data, run.request.config.task
     started = time.perf_counter()
     metrics, arrays = evaluate(model, data, config.protocol, device)
-    arrays["category_ids"] = np.asarray(bench.tasks[task].category_ids, dtype=np.int64)
+    arrays["category_ids"] = np.asarray(run.bench.tasks[task].category_ids, dtype=np.int64)
     eval_seconds = time.perf_counter() - started
 
     cpu_model = copy.deepcopy(model).cpu().float()
-    accounting = parameter_split(cpu_model, pretrained or {})
+    accounting = parameter_split(cpu_model, run.ctx.pretrained or {})
     accounting["macs"] = count_macs(cpu_model, data.augment.crop)
     accounting["input_size"] = data.augment.crop
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
-    atomic_write_bytes(folder / "predictions.npz", buffer.getvalue())
+    atomic_write_bytes(run.folder / "predictions.npz", buffer.getvalue())
     save_state(
-        folder / "model.pt",
-        {"format": MODEL_FORMAT, "structure": method.structure(cpu_model), "model": cpu_model.state_dict()},
+        run.folder / "model.pt",
+        {
+            "format": MODEL_FORMAT,
+            "structure": run.method.structure(cpu_model),
+            "model": cpu_model.state_dict(),
+        },
     )
-    facts = task_facts(task) if bench.kind == "decathlon" else None
+    facts = task_facts(task) if run.bench.kind == "decathlon" else None
     record = {
         "benchmark": {
-            "kind": bench.kind,
-            "name": bench.name,
-            "fingerprint": bench.fingerprint,
-            "tasks": bench.task_names(),
+            "kind": run.bench.kind,
+            "name": run.bench.name,
+            "fingerprint": run.bench.fingerprint,
+            "tasks": run.bench.task_names(),
         },
         "task": task,
         "method": config.method,
-        "internal": not type(method).listed,
-        "num_classes": ctx.num_classes,
+        "internal": not type(run.method).listed,
+        "num_classes": run.ctx.num_classes,
         "official_baseline_acc": facts.baseline_acc if facts else None,
         "metrics": metrics,
-        "method_report": method.report(cpu_model, ctx),
+        "method_report": run.method.report(cpu_model, run.ctx),
         "history": history,
         "accounting": accounting,
         "timing": {
@@ -291,6 +290,40 @@ def execute(
             "python": platform.python_version(),
         },
     }
-    store.finish(config, record)
-    (folder / "checkpoint.pt").unlink(missing_ok=True)
-    return store.record(config.run_id)
+    run.store.finish(config, record)
+    (run.folder / "checkpoint.pt").unlink(missing_ok=True)
+    return run.store.record(config.run_id)
+
+
+def execute(
+    request: RunRequest,
+    results: Path,
+    device: Device | None = None,
+    progress: bool = True,
+    on_epoch_end: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Run to completion (resuming from the last epoch-end checkpoint) and return the record."""
+    config = request.config
+    existing = RunStore(results).record(config.run_id)
+    if existing is not None:
+        return existing
+    device = device or pick_device()
+    for needed in request.inputs.values():
+        execute(needed, results, device, progress)
+    run = open_run(request, Path(results))
+    torch.manual_seed(config.seed)
+    model = run.method.build(run.ctx)
+    trainer = Trainer(
+        run.method,
+        run.ctx,
+        device,
+        config.seed,
+        run.folder / "checkpoint.pt",
+        config.digest(),
+        progress=progress,
+        label=f"{config.method}/{config.task}",
+        on_epoch_end=on_epoch_end,
+    )
+    started = time.perf_counter()
+    model, history = trainer.fit(model, run.data.train, run.data.augment)
+    return finish_run(run, model, device, time.perf_counter() - started, history)
