@@ -20,8 +20,10 @@ Defaults and deviations (named hyper-parameters):
   with ImageNet. Otherwise the first task trains every weight first, like any later task trains the free ones.
 - BN per task (the authors freeze BN after the first task; per-task BN is the option the recipe names);
   a new task starts from the BN of the task before it. Freed weights start from zero.
-- Accounting: `frozen` duplicates the weights in the stored model, so `parameter_split` counts the network
-  twice as task-specific; PackNet's real per-task cost is its BN layers, its head and its share of `owner`.
+- Accounting (`account`): the stored model keeps every weight twice (`layer.weight` and `frozen`), so
+  counting its tensors would double the network. Task k's network uses the conv weights owned by tasks
+  1..k, its BN layers and its head; shared = the weights earlier tasks own; task-specific storage = the
+  weights it owns, its BN layers (with running statistics), its head and a 1-bit mask of its weights.
 """
 
 from __future__ import annotations
@@ -191,6 +193,23 @@ class PackNet(SequentialMethod):
     def select_task(self, model: nn.Module, task: str) -> nn.Module:
         _set_task(model, model.packnet_tasks.index(task) + 1, len(model.packnet_tasks))
         return model
+
+    def account(self, model: nn.Module, ctx: TaskContext) -> dict[str, Any]:
+        k = len(model.packnet_tasks)
+        owners = torch.cat([conv.owner.flatten() for conv in _packed(model)])
+        owned = int((owners == k).sum())
+        shared = int(((owners >= 1) & (owners < k)).sum())
+        own_modules = [per_task.tasks[k - 1] for per_task in _per_task(model)]
+        own_params = sum(p.numel() for m in own_modules for p in m.parameters())
+        own_stats = sum(b.numel() for m in own_modules for b in m.buffers() if b.is_floating_point())
+        task_bytes = 4 * (owned + own_params + own_stats) + -(-len(owners) // 8)
+        return {
+            "params_total": shared + owned + own_params,
+            "params_shared": shared,
+            "params_task": owned + own_params,
+            "task_bytes": task_bytes,
+            "params_task_equiv": task_bytes / 4,
+        }
 
     def report(self, model: nn.Module, ctx: TaskContext) -> dict[str, Any]:
         owners = torch.cat([conv.owner.flatten() for conv in _packed(model)])

@@ -60,6 +60,25 @@ def test_first_task_outputs_are_bitwise_unchanged_by_later_tasks(
     assert record["method_report"]["weights_free"] > 0
 
 
+def test_accounting_counts_each_weight_once(env: ToyEnv, chain: list[RunRequest]) -> None:
+    """Task k uses the weights of tasks <= k and stores only its own: the network is not counted twice."""
+    store = RunStore(env.results)
+    _, model, _ = step_model(env.results, chain[-1].config.run_id)
+    convs = [m for m in model.modules() if type(m).__name__ == "PackedConv"]
+    conv_weights = sum(conv.layer.weight.numel() for conv in convs)
+    records = [store.record(request.config.run_id) for request in chain]
+    for k, record in enumerate(records, start=1):
+        acc, owned = record["accounting"], record["method_report"]["weights_owned"]
+        own_weights = round(owned[ORDER[k - 1]] * conv_weights)
+        assert abs(acc["params_shared"] - sum(owned[t] for t in ORDER[: k - 1]) * conv_weights) < 2
+        assert acc["params_total"] == acc["params_shared"] + acc["params_task"]
+        assert acc["params_total"] < conv_weights + 5000  # the convs once, plus BN and a head
+        # stored: its own weights, BN (+ running statistics) and head in float32, a 1-bit mask of the convs
+        floats = acc["task_bytes"] - conv_weights / 8
+        assert 4 * acc["params_task"] < floats < 4 * acc["params_task"] * 1.1
+        assert acc["params_task"] >= own_weights
+
+
 def test_a_resumed_chain_keeps_the_first_task_bitwise(
     env: ToyEnv, chain: list[RunRequest], tmp_path: Path
 ) -> None:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vdd_bench.accounting import parameter_split
 from vdd_bench.backbones import Backbone, BackboneSpec, build_backbone
 from vdd_bench.errors import VddError
 from vdd_bench.registry import Registry
@@ -173,6 +174,11 @@ class Method:
 
     def restore_structure(self, model: nn.Module, structure: dict[str, Any], ctx: TaskContext) -> nn.Module:
         return model
+
+    def account(self, model: nn.Module, ctx: TaskContext) -> dict[str, Any]:
+        """Parameters and storage of the task's network; by default decided by content (`parameter_split`).
+        A method whose stored model holds tensors in another form than it needs per task overrides this."""
+        return parameter_split(model, ctx.pretrained or {})
 
     def report(self, model: nn.Module, ctx: TaskContext) -> dict[str, Any]:
         """Method-specific facts for the record (e.g. the kept architecture), JSON-safe."""

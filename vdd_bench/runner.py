@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from tasks.generic import task_facts
-from vdd_bench.accounting import count_macs, parameter_split
+from vdd_bench.accounting import count_macs
 from vdd_bench.augment import AugmentSpec, make_spec
 from vdd_bench.backbones import BackboneSpec, load_checkpoint
 from vdd_bench.benchmark import Benchmark, SplitIndex
@@ -251,7 +251,7 @@ def finish_run(
     eval_seconds = time.perf_counter() - started
 
     cpu_model = copy.deepcopy(model).cpu().float()
-    accounting = parameter_split(cpu_model, run.ctx.pretrained or {})
+    accounting = run.method.account(cpu_model, run.ctx)
     accounting["macs"] = count_macs(cpu_model, data.augment.crop)
     accounting["input_size"] = data.augment.crop
     buffer = io.BytesIO()
