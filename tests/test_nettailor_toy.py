@@ -12,6 +12,8 @@ from method_helpers import ToyEnv, make_toy_env, run_method
 
 from methods.nettailor import load_tailored
 from vdd_bench.accounting import count_macs, count_parameters
+from vdd_bench.architectures import render_architectures
+from vdd_bench.store import RunStore
 
 TOY_OVERRIDES = {
     "teacher_epochs": 10,
@@ -46,5 +48,8 @@ def test_easy_tasks_get_leaner_networks_within_the_tolerance(toy_env: ToyEnv) ->
         assert not any(k.startswith(tuple(f"mains.{i}." for i in removed)) for k in model.state_dict())
         assert report["timing"]["tailored_ms"] > 0 and report["diagram"].count("\n") == 11
         chosen[task] = (report["kept_blocks"], accounting["macs"])
+        records = list(RunStore(toy_env.results).done_records())
+        view = render_architectures(records, {r["run_id"]: r for r in records}, diagrams=True)
+        assert run.record["run_id"] in view and report["diagram"] in view
     assert chosen["colors"][0] < chosen["stripes"][0], chosen
     assert chosen["colors"][1] < chosen["stripes"][1], chosen

@@ -321,7 +321,10 @@ def status(sweep_files, root, backbone_checkpoint, epoch_scale, sets, results, a
 @click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True)
 @click.option("--benchmark", "fingerprint", default=None, help="Only this benchmark fingerprint.")
 @click.option("--continual", is_flag=True, help="Chains: accuracy matrix, final accuracy, forgetting.")
-def leaderboard(results: Path, fmt: str, split: str, fingerprint: str | None, continual: bool) -> None:
+@click.option("--architectures", is_flag=True, help="NetTailor: add each task's kept-architecture diagram.")
+def leaderboard(
+    results: Path, fmt: str, split: str, fingerprint: str | None, continual: bool, architectures: bool
+) -> None:
     """Tables of every finished run, grouped by benchmark and backbone, with the decathlon score."""
     from vdd_bench.leaderboard import build_groups, render
     from vdd_bench.store import RunStore
@@ -342,6 +345,12 @@ def leaderboard(results: Path, fmt: str, split: str, fingerprint: str | None, co
     if not records:
         raise VddError(f"no finished runs under {results}: run `vdd demo` or `vdd sweep` first")
     click.echo(render(build_groups(records, split), fmt, split))
+    if fmt == "markdown":
+        from vdd_bench.architectures import render_architectures
+
+        tailored = render_architectures(records, {r["run_id"]: r for r in records}, architectures)
+        if tailored:
+            click.echo("\n" + tailored)
 
 
 # --- continual protocol (vdd_bench/continual.py) ---

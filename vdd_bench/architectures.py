@@ -1,0 +1,71 @@
+"""The tailored architectures of NetTailor runs, per task: what was kept, what it costs, how fast it runs.
+
+Read from the records (the selection run's `method_report` and the teacher run it names), so the view needs
+no model: the leaderboard appends the summary table, `vdd leaderboard --architectures` adds each diagram.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from tabulate import tabulate
+
+HEADERS = [
+    "task",
+    "val acc (teacher)",
+    "removed k",
+    "kept blocks",
+    "proxies",
+    "params (task)",
+    "MACs vs teacher",
+    "speed-up",
+    "within tolerance",
+    "run",
+]
+
+
+def tailored_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The NetTailor selection runs (their report names the kept architecture), by task then seed."""
+    found = [r for r in records if {"kept_blocks", "chosen"} <= set(r.get("method_report", {}))]
+    return sorted(found, key=lambda r: (r["config"]["benchmark"], r["task"], r["config"]["seed"]))
+
+
+def _row(record: dict[str, Any], teacher_macs: int | None) -> list[Any]:
+    report, accounting = record["method_report"], record["accounting"]
+    macs = accounting["macs"]
+    ratio = f"{macs / 1e6:.2f}M / {teacher_macs / 1e6:.2f}M" if teacher_macs else f"{macs / 1e6:.2f}M"
+    return [
+        record["task"],
+        f"{record['metrics']['val_acc']:.1f} ({report['teacher_val_acc']:.1f})",
+        report["chosen"],
+        f"{report['kept_blocks']}/{report['total_blocks']}",
+        report["kept_proxies"],
+        f"{accounting['params_total'] / 1e6:.3f}M ({accounting['params_task'] / 1e3:.1f}k)",
+        ratio,
+        report["timing"]["speedup"],
+        "yes" if report["within_tolerance"] else "no",
+        record["run_id"],
+    ]
+
+
+def render_architectures(
+    records: list[dict[str, Any]], by_id: dict[str, dict[str, Any]], diagrams: bool = False
+) -> str:
+    """A markdown table of every NetTailor run (`by_id`: run records by run id, to find each teacher)."""
+    tailored = tailored_records(records)
+    if not tailored:
+        return ""
+    rows = []
+    for record in tailored:
+        teacher = by_id.get(record["config"]["inputs"].get("teacher", ""))
+        rows.append(_row(record, teacher["accounting"]["macs"] if teacher else None))
+    parts = [
+        "### NetTailor: tailored architectures (selection runs; speed-up measured against the teacher)",
+        tabulate(rows, headers=HEADERS, tablefmt="github"),
+    ]
+    if diagrams:
+        for record in tailored:
+            parts.append(f"#### {record['task']} (seed {record['config']['seed']}, run {record['run_id']})")
+            parts.append(f"```\n{record['method_report']['diagram']}\n```")
+    return "\n\n".join(parts)
