@@ -214,3 +214,40 @@ def test_the_shipped_profiles_are_valid() -> None:
     assert {"generic-gpu", "local-test"} <= set(profiles)
     assert profiles["generic-gpu"].executor_parameters()["gpus_per_node"] == 1
     assert profiles["local-test"].partition == "debug"
+
+
+def test_status_reads_the_store_and_the_scheduler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import socket
+
+    from vdd_bench.slurm import scheduler
+    from vdd_bench.status import render_status, run_statuses
+
+    store = RunStore(tmp_path)
+    names = ["done", "running", "pending", "failed", "lost", "todo"]
+    folders = {n: store.run_dir(request("finetune", n).config.run_id) for n in names}
+    for name, job in [("running", "7_0"), ("pending", "7_1"), ("failed", "7_2"), ("lost", "7_3")]:
+        record = {"job_id": job, "stdout": f"/logs/{job}.out", "stderr": f"/logs/{job}.err"}
+        atomic_write_bytes(folders[name] / "slurm.json", json.dumps(record).encode())
+    atomic_write_bytes(folders["done"] / "done", b"")
+    claim = {"job_id": "7_0", "host": socket.gethostname(), "pid": 1}
+    atomic_write_bytes(folders["running"] / "claim.json", json.dumps(claim).encode())
+    atomic_write_bytes(folders["failed"] / "failed", b"Traceback ...\nVddError: loss became nan\n")
+    folders["todo"].mkdir(parents=True)
+    monkeypatch.setattr(scheduler, "queue", lambda: {"7_0": "RUNNING", "7_1": "PENDING"})
+    monkeypatch.setattr(scheduler, "final_states", lambda ids: {j: "NODE_FAIL" for j in ids})
+    statuses = {s.task: s for s in run_statuses(tmp_path)}
+    assert {task: s.state for task, s in statuses.items()} == {
+        "done": "done",
+        "running": "running",
+        "pending": "pending",
+        "failed": "failed",
+        "lost": "failed",
+        "todo": "todo",
+    }
+    assert (
+        statuses["failed"].error == "VddError: loss became nan" and statuses["failed"].log == "/logs/7_2.err"
+    )
+    assert statuses["lost"].error == "job 7_3 ended NODE_FAIL without finishing the run"
+    table = render_status(list(statuses.values()))
+    assert "6 runs: 1 done, 1 running, 1 pending, 2 failed, 1 todo" in table

@@ -57,6 +57,7 @@ class RunJob(submitit.helpers.Checkpointable):
         try:
             with claimed(folder, live_claim_checker()):
                 try:
+                    report_resume(folder, self.request)
                     run_request(self.request, results, pick_device(self.device), progress=False)
                 except Exception as exc:
                     text = f"{exc}\n" if isinstance(exc, VddError) else traceback.format_exc()
@@ -66,3 +67,20 @@ class RunJob(submitit.helpers.Checkpointable):
             raise VddError(str(exc)) from None
         (folder / "failed").unlink(missing_ok=True)
         return f"{run_id}: done"
+
+
+def report_resume(folder: Path, request: RunRequest) -> None:
+    """Say in the job's log where a requeued or relaunched run resumes."""
+    from vdd_bench.engine import load_state
+
+    path = folder / "checkpoint.pt"
+    if not path.exists():
+        print(f"{request.config.run_id}: starting", flush=True)
+        return
+    state = load_state(path, request.config.digest())
+    if state is not None:
+        print(
+            f"{request.config.run_id}: resuming from its checkpoint "
+            f"(phase {state['phase']}, epoch {state['epoch']})",
+            flush=True,
+        )

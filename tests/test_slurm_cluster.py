@@ -1,0 +1,167 @@
+"""Sweeps through a real SLURM cluster (slurm/cluster/start.sh; `.ci/run` starts one): the same leaderboard
+as the local launcher, a failed run shown by `vdd status` and resubmitted alone, a chain run in order
+through dependencies, a requeued job resuming to the same record, and a finished sweep submitting nothing.
+
+Skipped when no cluster answers (SLURM_CONF unset or `sinfo` failing)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from vdd_bench.benchmark import Benchmark
+from vdd_bench.cli import main
+from vdd_bench.runner import execute, plan_run
+from vdd_bench.slurm import scheduler
+from vdd_bench.slurm.launcher import SlurmLauncher, read_submission, wait_for
+from vdd_bench.slurm.profile import SlurmProfile
+from vdd_bench.store import RunStore
+
+PROFILE = Path(__file__).resolve().parents[1] / "slurm" / "profiles" / "local-test.yaml"
+
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.skipif(
+        not os.environ.get("SLURM_CONF") or not scheduler.reachable(),
+        reason="no SLURM cluster reachable (start one: slurm/cluster/start.sh, then source its env.sh)",
+    ),
+]
+
+
+@pytest.fixture
+def one_thread():
+    """The jobs of the test profile run torch with 1 thread; so does the local side, for bitwise equality."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def comparable(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k != "timing"}
+
+
+def sacct_times(job_id: str) -> tuple[str, str]:
+    out = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-o", "Start,End", "-j", job_id], capture_output=True, text=True
+    ).stdout
+    start, _, end = out.strip().splitlines()[-1].partition("|")
+    return start, end
+
+
+def test_a_toy_sweep_through_slurm(toy_root: Path, toy_backbone: Path, tmp_path: Path, one_thread) -> None:
+    args = [
+        "sweep",
+        "--benchmark",
+        str(toy_root),
+        "--methods",
+        "finetune,feature,packnet",
+        "--tasks",
+        "colors,shapes",
+        "--backbone-checkpoint",
+        str(toy_backbone),
+        "--epoch-scale",
+        "0.02",
+        "--set",
+        "batch_size=32",
+        "--no-progress",
+    ]
+    cli = CliRunner()
+    local, cluster = tmp_path / "local", tmp_path / "slurm"
+    done = cli.invoke(main, [*args, "--results", str(local)])
+    assert done.exit_code == 0, done.output
+
+    on_slurm = [*args, "--results", str(cluster), "--launcher", "slurm", "--profile", str(PROFILE), "--wait"]
+    ids = [line.split("\t")[1] for line in cli.invoke(main, [*on_slurm, "--dry-run"]).output.splitlines()]
+    [broken] = [run_id for run_id in ids if run_id.startswith("feature--shapes--")]
+    folder = RunStore(cluster).run_dir(broken)
+    folder.mkdir(parents=True)
+    (folder / "checkpoint.pt").write_bytes(b"not a checkpoint")  # a corrupted input of one run
+
+    first = cli.invoke(main, on_slurm)
+    assert first.exit_code == 1, first.output
+    assert "6 runs (inputs included): 0 already done, 0 queued or running, 6 submitted in 4 job array(s)" in (
+        first.output
+    )
+    # the chain: step 2 waits for step 1 (afterok) and starts after it ended
+    [step1] = re.findall(r"job (\d+): packnet level 0", first.output)
+    assert re.search(rf"job \d+: packnet level 1, 1 run\(s\) after {step1}\b", first.output)
+    steps = [read_submission(RunStore(cluster).run_dir(i))["job_id"] for i in ids if i.startswith("packnet")]
+    assert sacct_times(steps[1])[0] >= sacct_times(steps[0])[1]
+
+    status = json.loads(cli.invoke(main, ["status", "--results", str(cluster), "--json"]).output)
+    states = {s["run_id"]: s for s in status}
+    assert [s["state"] for s in status].count("done") == 5
+    assert states[broken]["state"] == "failed"
+    assert states[broken]["error"].endswith("delete it to restart the run")  # "unreadable checkpoint ..."
+    assert Path(states[broken]["log"]).exists() and states[broken]["log"].endswith("_log.err")
+    table = cli.invoke(main, ["status", "--results", str(cluster)]).output
+    assert "6 runs: 5 done, 0 running, 0 pending, 1 failed, 0 todo" in table
+
+    (folder / "checkpoint.pt").unlink()  # fixed: the relaunch submits that run alone
+    second = cli.invoke(main, on_slurm)
+    assert second.exit_code == 0, second.output
+    assert "5 already done, 0 queued or running, 1 submitted in 1 job array(s)" in second.output
+
+    store_local, store_slurm = RunStore(local), RunStore(cluster)
+    for run_id in ids:
+        assert comparable(store_slurm.record(run_id)) == comparable(store_local.record(run_id)), run_id
+    boards = [
+        cli.invoke(main, ["leaderboard", "--results", str(r), "--format", "json"]).output
+        for r in (local, cluster)
+    ]
+    assert boards[0] == boards[1]
+    chains = [
+        cli.invoke(main, ["leaderboard", "--results", str(r), "--continual"]).output for r in (local, cluster)
+    ]
+    assert chains[0] == chains[1] and "packnet" in chains[0]
+
+    third = cli.invoke(main, on_slurm)
+    assert (
+        third.exit_code == 0 and "6 already done, 0 queued or running, 0 submitted in 0 job" in third.output
+    )
+
+
+def test_a_requeued_job_resumes_to_the_same_record(
+    toy_root: Path, toy_backbone: Path, tmp_path: Path, one_thread
+) -> None:
+    request = plan_run(
+        Benchmark.open(toy_root),
+        "shapes",
+        "finetune",
+        {"epochs": 8, "batch_size": 32},
+        backbone_checkpoint=toy_backbone,
+    )
+    run_id = request.config.run_id
+    straight = execute(request, tmp_path / "local", progress=False)
+
+    results = tmp_path / "slurm"
+    summary = SlurmLauncher(results, SlurmProfile.from_file(PROFILE)).launch([request])
+    [job_id] = summary.job_ids()
+    checkpoint = RunStore(results).run_dir(run_id) / "checkpoint.pt"
+    deadline = time.monotonic() + 300
+    while True:  # wait for an epoch-end checkpoint, then requeue the job mid-training
+        assert time.monotonic() < deadline, "the job never wrote a checkpoint"
+        if checkpoint.exists():
+            epoch = torch.load(checkpoint, weights_only=True)["epoch"]
+            if epoch >= 1:
+                break
+        time.sleep(0.2)
+    assert epoch < 8 and not RunStore(results).is_done(run_id)
+    subprocess.run(["scontrol", "requeue", job_id], check=True, capture_output=True)
+    wait_for([job_id], timeout_s=400)
+
+    resumed = RunStore(results).record(run_id)
+    assert resumed is not None and comparable(resumed) == comparable(straight)
+    log = Path(read_submission(RunStore(results).run_dir(run_id))["stdout"]).read_text()
+    assert log.count("Starting with JobEnvironment") == 2
+    assert re.search(r"resuming from its checkpoint \(phase 0, epoch [1-7]\)", log), log
+    assert not (RunStore(results).run_dir(run_id) / "claim.json").exists()
