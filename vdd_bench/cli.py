@@ -322,10 +322,38 @@ def status(sweep_files, root, backbone_checkpoint, epoch_scale, sets, results, a
 @click.option("--benchmark", "fingerprint", default=None, help="Only this benchmark fingerprint.")
 @click.option("--continual", is_flag=True, help="Chains: accuracy matrix, final accuracy, forgetting.")
 @click.option("--architectures", is_flag=True, help="NetTailor: add each task's kept-architecture diagram.")
+@click.option(
+    "--sweep",
+    "sweep_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Sweep file (repeatable): every run it expects that is not done is shown as missing, by run id.",
+)
+@click.option(
+    "--root",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="With --sweep: the benchmark root, as given to `vdd sweep --benchmark`.",
+)
+@click.option(
+    "--backbone-checkpoint",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="With --sweep: as given to `vdd sweep`.",
+)
 def leaderboard(
-    results: Path, fmt: str, split: str, fingerprint: str | None, continual: bool, architectures: bool
+    results: Path,
+    fmt: str,
+    split: str,
+    fingerprint: str | None,
+    continual: bool,
+    architectures: bool,
+    sweep_files: tuple[Path, ...],
+    root: Path | None,
+    backbone_checkpoint: Path | None,
 ) -> None:
-    """Tables of every finished run, grouped by benchmark and backbone, with the decathlon score."""
+    """Tables of every finished run, grouped by benchmark and backbone, with the decathlon score.
+
+    Cells are the mean over seeds (± the sample standard deviation when there are several); a run a row
+    should have and does not reads `missing`, listed with the run id or command that would produce it."""
     from vdd_bench.leaderboard import build_groups, render
     from vdd_bench.store import RunStore
 
@@ -342,15 +370,41 @@ def leaderboard(
         for r in RunStore(results).done_records()
         if fingerprint is None or r["config"]["benchmark"] == fingerprint
     ]
-    if not records:
+    expected = _expected_runs(sweep_files, root, backbone_checkpoint) if sweep_files else None
+    if not records and not expected:
         raise VddError(f"no finished runs under {results}: run `vdd demo` or `vdd sweep` first")
-    click.echo(render(build_groups(records, split), fmt, split))
+    click.echo(render(build_groups(records, split, expected), fmt, split))
     if fmt == "markdown":
         from vdd_bench.architectures import render_architectures
 
         tailored = render_architectures(records, {r["run_id"]: r for r in records}, architectures)
         if tailored:
             click.echo("\n" + tailored)
+
+
+def _expected_runs(sweep_files: tuple[Path, ...], root: Path | None, checkpoint: Path | None) -> list:
+    """The runs the sweep files expect, as the leaderboard's `Expected` entries."""
+    from vdd_bench.benchmark import Benchmark
+    from vdd_bench.leaderboard import Expected
+
+    benches: dict[Path, dict[str, Any]] = {}
+    expected = []
+    for sweep_file in sweep_files:
+        command = f"vdd sweep --file {sweep_file}"
+        command += f" --benchmark {root}" if root else ""
+        command += f" --backbone-checkpoint {checkpoint}" if checkpoint else ""
+        for request in _sweep_requests(sweep_file, root, None, None, None, checkpoint, (), 1.0):
+            if request.root not in benches:
+                bench = Benchmark.open(request.root)
+                benches[request.root] = {
+                    "kind": bench.kind,
+                    "name": bench.name,
+                    "fingerprint": bench.fingerprint,
+                    "tasks": bench.task_names(),
+                }
+            config = request.config
+            expected.append(Expected(config.run_id, config.to_dict(), benches[request.root], command))
+    return expected
 
 
 # --- continual protocol (vdd_bench/continual.py) ---
@@ -424,22 +478,68 @@ def chain(
 @click.option("--stem-relu", is_flag=True, help="ResNet-26: ReLU after the stem (NetTailor's variant).")
 @click.option("--resolution", type=int, default=None)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Data-parallel processes, one per GPU (CPU: gloo); default 1, with SLURM the profile's gpus.",
+)
+@click.option(
+    "--sync-bn/--per-process-bn",
+    default=True,
+    show_default=True,
+    help="BatchNorm statistics of the global batch, or of each process's shard (a run of its own).",
+)
+@click.option("--launcher", type=click.Choice(["local", "slurm"]), default="local", show_default=True)
+@click.option(
+    "--profile",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="SLURM profile (YAML, e.g. slurm/profiles/generic-gpu.yaml); required with --launcher slurm.",
+)
+@click.option("--wait/--no-wait", default=False, help="With --launcher slurm: wait for the job's result.")
 @SETS
 @EPOCH_SCALE
 @RESULTS
 @DEVICE
 @PROGRESS
 def pretrain(
-    root, task, backbone, width, stem_relu, resolution, out, sets, epoch_scale, results, device, progress
+    root,
+    task,
+    backbone,
+    width,
+    stem_relu,
+    resolution,
+    out,
+    processes,
+    sync_bn,
+    launcher,
+    profile,
+    wait,
+    sets,
+    epoch_scale,
+    results,
+    device,
+    progress,
 ) -> None:
-    """Train a backbone on the source task and save the checkpoint that later runs start from."""
+    """Train a backbone on the source task and save the checkpoint that later runs start from.
+
+    With --processes N it trains data-parallel (DDP): every process takes 1/N of each global batch.
+    With --launcher slurm it is one SLURM job of N tasks (one GPU each when the profile has GPUs)."""
     from vdd_bench.backbones import BackboneSpec
     from vdd_bench.benchmark import Benchmark
     from vdd_bench.pretrain import pretrain as run_pretrain
 
     spec = BackboneSpec(backbone, width=width, stem_relu=stem_relu)
+    bench = Benchmark.open(root)
+    if launcher == "slurm":
+        options = {"resolution": resolution, "epoch_scale": epoch_scale, "out": out, "sync_bn": sync_bn}
+        _pretrain_on_slurm(
+            bench, results, spec, task, parse_sets(sets), processes, profile, wait, device=device, **options
+        )
+        return
     path = run_pretrain(
-        Benchmark.open(root),
+        bench,
         results,
         spec,
         task,
@@ -449,8 +549,24 @@ def pretrain(
         out=out,
         device=_device(device),
         progress=progress,
+        processes=processes or 1,
+        sync_bn=sync_bn,
     )
     click.echo(str(path))
+
+
+def _pretrain_on_slurm(bench, results, spec, task, overrides, processes, profile, wait, **options) -> None:
+    from vdd_bench.distributed import submit_pretrain
+    from vdd_bench.slurm.profile import SlurmProfile
+
+    if profile is None:
+        raise VddError("--launcher slurm needs --profile FILE (see slurm/profiles/)")
+    job, out = submit_pretrain(
+        bench, results, spec, task, overrides, processes, SlurmProfile.from_file(profile), wait, **options
+    )
+    if job is not None:
+        click.echo(f"submitted job {job.job_id} ({job.paths.folder}): writes {out}", err=True)
+    click.echo(str(out))
 
 
 @main.command()
@@ -515,6 +631,90 @@ def list_methods() -> None:
 
     for name in METHODS.names():
         click.echo(f"{name}: {json.dumps(METHODS.get(name).defaults)}")
+
+
+# --- performance: bundles and benchmarks (vdd_bench/bundle.py, vdd_bench/benchmarks.py) ---
+@main.command("export")
+@click.option("--method", required=True)
+@click.option(
+    "--benchmark", "root", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--backbone-checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@SETS
+@RESULTS
+@click.option("--json", "as_json", is_flag=True)
+def export_bundle(
+    method: str,
+    root: Path,
+    seed: int,
+    backbone_checkpoint: Path | None,
+    out: Path,
+    sets: tuple[str, ...],
+    results: Path,
+    as_json: bool,
+) -> None:
+    """One file with the shared pre-trained weights once and every task's own part (`Bundle.load`)."""
+    from vdd_bench.bundle import Bundle, export
+
+    summary = export(method, results, root, out, seed, parse_sets(sets), backbone_checkpoint)
+    facts = summary.as_dict()
+    facts["switch_s"] = Bundle.load(out).switch_seconds()
+    if as_json:
+        click.echo(json.dumps(facts, indent=2))
+        return
+    n = len(summary.tasks)
+    click.echo(
+        f"{out}: {method}, {n} tasks ({', '.join(summary.tasks)}): {summary.bundle_bytes / 2**20:.2f} MiB "
+        f"(pre-trained {summary.pretrained_bytes / 2**20:.2f} MiB) vs {n} fine-tuned networks "
+        f"{summary.finetuned_bytes / 2**20:.2f} MiB: x{facts['ratio_to_finetuned']:.3f}; "
+        f"task switch {1000 * facts['switch_s']:.1f} ms"
+    )
+
+
+@main.command("bench")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.option("--quick", is_flag=True, help="Tiny inputs: checks that every benchmark runs.")
+@click.option("--only", default=None, help="Comma-separated sections: data,methods,tailored,bundle,harness.")
+@click.option(
+    "--data-root",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Benchmark root for the data path (default: the mini-decathlon sample when present, else the toy).",
+)
+@click.option(
+    "--nettailor-results",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Run store with finished nettailor runs (default: --results).",
+)
+@click.option("--workers", type=int, default=2, show_default=True, help="Loader workers (baseline and ours).")
+@RESULTS
+def bench(
+    as_json: bool,
+    quick: bool,
+    only: str | None,
+    data_root: Path | None,
+    nettailor_results: Path | None,
+    workers: int,
+    results: Path,
+) -> None:
+    """Measure the harness's speed as ratios against baselines on this machine, and print them."""
+    from vdd_bench.benchmarks import BenchOptions, render, run_benchmarks
+
+    options = BenchOptions(
+        quick=quick,
+        sections=only.split(",") if only else None,
+        data_root=data_root,
+        nettailor_results=nettailor_results or results,
+        workers=workers,
+    )
+    report = run_benchmarks(options)
+    click.echo(json.dumps(report, indent=2) if as_json else render(report))
+
+
+# --- end performance ---
 
 
 @main.group()

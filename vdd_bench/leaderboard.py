@@ -1,28 +1,28 @@
-"""Leaderboard tables from finished run records.
+"""Leaderboard rows from finished run records: grouping, means and spreads over seeds, missing runs, score.
 
 Records are grouped by what makes numbers comparable: the benchmark (by content), the backbone
 architecture, the resolution, the augmentation recipe and the protocol. Within a group a row is a method
-with its hyper-parameters and backbone checkpoint; seeds are averaged. The decathlon score uses the official
-baselines on the real decathlon; on any other benchmark (the toy, the mini-decathlon) its baselines are the
-fine-tuning row of the same group, and the table says so. Published rows are shown for the real decathlon
-only.
+with its hyper-parameters and backbone checkpoint; seeds are averaged (mean and sample standard deviation,
+n - 1 in the denominator, over the seeds a task has). The decathlon score uses the official baselines on the
+real decathlon; on any other benchmark (the toy, the mini-decathlon) its baselines are the fine-tuning row
+of the same group, and the table says so. Published rows are shown for the real decathlon only.
+
+A run a row should have but does not is *missing*. With the runs a sweep expects (`Expected`), every
+expected run that is not done is missing, by run id. Without them a row expects, on every task of its
+group, the seeds it has on any task; a task without them is missing (with the command that would run it).
+Rendering lives in `vdd_bench.tables`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
+import statistics
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tabulate import tabulate
-
-from tasks.decathlon import DECATHLON
 from vdd_bench.config import canonical_json
-from vdd_bench.errors import VddError
 from vdd_bench.reference import published_rows
 from vdd_bench.score import decathlon_score, official_baselines
 
@@ -31,6 +31,27 @@ BASELINE_METHOD = "finetune"
 # A perfect baseline leaves no error to scale by (Emax = 0). On benchmarks scored against their own
 # fine-tuning runs, accuracies are capped for scoring, which keeps fine-tuning at exactly 250 per task.
 MAX_SCORED_ACC = 99.5
+PREVIOUS = "previous"  # the input naming a chain step's previous step (vdd_bench.continual.PREVIOUS)
+
+
+@dataclass
+class Missing:
+    """A run a row should have and does not: by run id when a sweep names it, else by the command."""
+
+    task: str
+    seed: int
+    run_id: str | None
+    command: str
+
+
+@dataclass
+class Expected:
+    """A run a sweep expects: its id, its semantic config, and its benchmark as records describe it."""
+
+    run_id: str
+    config: dict[str, Any]
+    benchmark: dict[str, Any]  # name, kind, fingerprint, tasks
+    command: str  # the command that runs it (e.g. `vdd sweep --file FILE`)
 
 
 @dataclass
@@ -46,6 +67,21 @@ class Row:
     published: bool = False
     score: dict[str, float] = field(default_factory=dict)
     score_total: float | None = None
+    stds: dict[str, float | None] = field(default_factory=dict)  # task -> sample std (None for 1 seed)
+    seed_ids: dict[str, list[int]] = field(default_factory=dict)  # task -> the seeds averaged
+    missing: list[Missing] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)  # the config of one of its runs (for commands)
+    all_seeds: list[int] = field(default_factory=list)  # every seed the row has on any task
+
+    def missing_tasks(self) -> list[str]:
+        """Tasks with no accuracy at all because their runs are missing."""
+        return sorted({m.task for m in self.missing if m.task not in self.accs})
+
+    def seed_range(self) -> str:
+        counts = sorted(set(self.seeds.values()))
+        if not counts:
+            return ""
+        return str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
 
 
 @dataclass
@@ -59,8 +95,7 @@ class Group:
     benchmark_tasks: int  # how many tasks the benchmark has; `tasks` may be fewer
 
 
-def _group_key(record: dict[str, Any]) -> str:
-    config = record["config"]
+def _group_key(config: dict[str, Any]) -> str:
     backbone = {k: v for k, v in config["backbone"].items() if k != "checkpoint"}
     return canonical_json(
         {
@@ -73,8 +108,7 @@ def _group_key(record: dict[str, Any]) -> str:
     )
 
 
-def _row_key(record: dict[str, Any]) -> str:
-    config = record["config"]
+def _row_key(config: dict[str, Any]) -> str:
     return canonical_json([config["method"], config["hparams"], config["backbone"].get("checkpoint")])
 
 
@@ -82,20 +116,50 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def build_groups(records: Iterable[dict[str, Any]], split: str = "test") -> list[Group]:
+def build_groups(
+    records: Iterable[dict[str, Any]], split: str = "test", expected: list[Expected] | None = None
+) -> list[Group]:
+    """Groups of rows; `expected` (the runs of a sweep) makes every one of them that is not done missing."""
     by_group: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    benches: dict[str, dict[str, Any]] = {}
+    done: set[str] = set()
     for record in records:
         if record["config"].get("extra", {}).get("role") == "pretrain" or record.get("internal"):
             continue  # backbone pre-training and the internal steps of a method are not entries
-        by_group[_group_key(record)][_row_key(record)].append(record)
+        gkey = _group_key(record["config"])
+        by_group[gkey][_row_key(record["config"])].append(record)
+        benches.setdefault(gkey, record["benchmark"])
+        done.add(record["run_id"])
+    wanted: dict[str, dict[str, list[Expected]]] = defaultdict(lambda: defaultdict(list))
+    for entry in expected or []:
+        if entry.run_id in done:
+            continue
+        gkey = _group_key(entry.config)
+        wanted[gkey][_row_key(entry.config)].append(entry)
+        benches.setdefault(gkey, entry.benchmark)
     groups = []
-    for gkey, rows_by_key in sorted(by_group.items()):
-        first = next(iter(rows_by_key.values()))[0]
-        bench = first["benchmark"]
-        rows = [_row(runs, split) for runs in rows_by_key.values()]
+    for gkey in sorted(set(by_group) | set(wanted)):
+        bench = benches[gkey]
+        rows_by_key = by_group.get(gkey, {})
+        missing_by_key = wanted.get(gkey, {})
+        rows = []
+        for rkey in list(rows_by_key) + [k for k in missing_by_key if k not in rows_by_key]:
+            runs = rows_by_key.get(rkey, [])
+            row = _row(runs, split) if runs else _empty_row(missing_by_key[rkey][0].config)
+            row.missing = [
+                Missing(e.config["task"], e.config["seed"], e.run_id, e.command)
+                for e in missing_by_key.get(rkey, [])
+            ]
+            rows.append(row)
         _label_rows(rows)
-        # the columns are the tasks this group has runs on (a sweep may cover a subset of the benchmark)
-        tasks = [t for t in bench["tasks"] if any(t in row.params for row in rows)]
+        # the columns are the tasks this group has runs on or expects (a sweep may cover a subset)
+        present = {t for row in rows for t in [*row.params, *(m.task for m in row.missing)]}
+        tasks = [t for t in bench["tasks"] if t in present]
+        if expected is None:
+            for row in rows:
+                row.missing = _inferred_missing(row, tasks, bench)
+        for row in rows:
+            row.missing.sort(key=lambda m: (tasks.index(m.task), m.seed))
         group = Group(json.loads(gkey), bench["kind"], bench["name"], tasks, rows, "", len(bench["tasks"]))
         _score(group)
         if group.kind == "decathlon":
@@ -108,18 +172,62 @@ def _row(runs: list[dict[str, Any]], split: str) -> Row:
     per_task: dict[str, list[dict]] = defaultdict(list)
     for run in runs:
         per_task[run["task"]].append(run)
-    accs, seeds, params, task_params, macs = {}, {}, {}, {}, {}
+    # a chain step that follows another tells the row is sequential (its missing runs need `vdd chain`)
+    row = _empty_row(
+        next((r["config"] for r in runs if PREVIOUS in r["config"]["inputs"]), runs[0]["config"])
+    )
     for task, task_runs in per_task.items():
-        values = [r["metrics"].get(f"{split}_acc") for r in task_runs]
-        values = [v for v in values if v is not None]
+        scored = [r for r in task_runs if r["metrics"].get(f"{split}_acc") is not None]
+        values = [r["metrics"][f"{split}_acc"] for r in scored]
         if values:
-            accs[task] = _mean(values)
-            seeds[task] = len(values)
-        params[task] = _mean([r["accounting"]["params_total"] for r in task_runs])
-        task_params[task] = _mean([r["accounting"]["params_task_equiv"] for r in task_runs])
-        macs[task] = _mean([r["accounting"]["macs"] for r in task_runs])
-    method = runs[0]["config"]["method"]
-    return Row(method, method, accs, seeds, params, task_params, macs, runs[0]["config"]["hparams"])
+            row.accs[task] = _mean(values)
+            row.seeds[task] = len(values)
+            row.stds[task] = statistics.stdev(values) if len(values) > 1 else None
+            row.seed_ids[task] = sorted(r["config"]["seed"] for r in scored)
+        row.params[task] = _mean([r["accounting"]["params_total"] for r in task_runs])
+        row.task_params[task] = _mean([r["accounting"]["params_task_equiv"] for r in task_runs])
+        row.macs[task] = _mean([r["accounting"]["macs"] for r in task_runs])
+    row.seed_ids = {t: row.seed_ids[t] for t in sorted(row.seed_ids)}
+    row.all_seeds = sorted({r["config"]["seed"] for r in runs})
+    return row
+
+
+def _empty_row(config: dict[str, Any]) -> Row:
+    method = config["method"]
+    return Row(method, method, {}, {}, {}, {}, {}, config["hparams"], config=dict(config))
+
+
+def _inferred_missing(row: Row, tasks: list[str], bench: dict[str, Any]) -> list[Missing]:
+    """Without a sweep: on every task of the group, the seeds the row has on any of its tasks."""
+    seeds = row.all_seeds
+    out = []
+    for task in tasks:
+        have = set(row.seed_ids.get(task, []))
+        out += [
+            Missing(task, s, None, run_command(row.config, task, s, tasks)) for s in seeds if s not in have
+        ]
+    return out
+
+
+def run_command(config: dict[str, Any], task: str, seed: int, tasks: list[str]) -> str:
+    """The command that would produce a missing run; ROOT and CKPT are the row's benchmark root and
+    backbone checkpoint (named by content in the config, so their paths are the user's to fill in). A
+    sequential row's runs come from its chain over the group's tasks, which a relaunch continues."""
+    sequential = PREVIOUS in config.get("inputs", {})
+    words = ["vdd", "chain" if sequential else "run", "--method", config["method"]]
+    words += ["--order", ",".join(tasks)] if sequential else ["--task", task]
+    words += ["--seed", str(seed), "--benchmark", "ROOT"]
+    if config["backbone"].get("checkpoint") not in (None, "scratch"):
+        words += ["--backbone-checkpoint", "CKPT"]
+    for option, default in (("recipe", "residual_adapters"), ("protocol", "train")):
+        if config.get(option, default) != default:
+            words += [f"--{option}", config[option]]
+    return " ".join(words)
+
+
+def row_mean(group: Group, row: Row) -> float | None:
+    """Mean accuracy over the group's tasks; None unless the row has every one of them."""
+    return _mean([row.accs[t] for t in group.tasks]) if all(t in row.accs for t in group.tasks) else None
 
 
 def _label_rows(rows: list[Row]) -> None:
@@ -142,7 +250,7 @@ def _score(group: Group) -> None:
         baselines = official_baselines()
         group.baseline_note = "score: official decathlon baselines"
     else:
-        candidates = [r for r in group.rows if r.method == BASELINE_METHOD]
+        candidates = [r for r in group.rows if r.method == BASELINE_METHOD and r.accs]
         if not candidates:
             group.baseline_note = (
                 "score: no fine-tuning runs on this benchmark, so no baselines to score against"
@@ -181,92 +289,8 @@ def _published(tasks: list[str]) -> list[Row]:
     return rows
 
 
-def _columns(group: Group) -> list[str]:
-    if group.kind == "decathlon":
-        return [DECATHLON[t].short if t in DECATHLON else t for t in group.tasks]
-    return list(group.tasks)
-
-
-def _cells(group: Group, row: Row) -> list[Any]:
-    complete = len(row.accs) == len(group.tasks)
-    cells: list[Any] = [row.label]
-    cells += [round(row.accs[t], 2) if t in row.accs else None for t in group.tasks]
-    cells.append(round(_mean(list(row.accs.values())), 2) if complete else None)
-    cells.append(round(row.score_total) if row.score_total is not None else None)
-    cells.append(round(_mean(list(row.params.values())) / 1e6, 3) if row.params else None)
-    cells.append(round(_mean(list(row.task_params.values())) / 1e6, 3) if row.task_params else None)
-    cells.append(round(_mean(list(row.macs.values())) / 1e9, 4) if row.macs else None)
-    return cells
-
-
-HEADERS_TAIL = ["Mean", "Score", "Params (M)", "Task-specific (M)", "GMACs"]
-
-
-def title(group: Group) -> str:
-    key = group.key
-    backbone = key["backbone"]
-    toy = (
-        " — TOY benchmark: synthetic data, not comparable to the real decathlon"
-        if group.kind == "toy"
-        else ""
-    )
-    subset = len(group.tasks) < group.benchmark_tasks
-    coverage = f", {len(group.tasks)} of its {group.benchmark_tasks} tasks run" if subset else ""
-    return (
-        f"{group.name} [{group.kind}, {key['benchmark']}]{toy}{coverage}\n"
-        f"backbone {backbone['name']} (width {backbone['width']}), images {key['resolution']} px, "
-        f"recipe {key['recipe']}, protocol {key['protocol']}; {group.baseline_note}"
-    )
-
-
 def render(groups: list[Group], fmt: str = "markdown", split: str = "test") -> str:
-    if fmt not in FORMATS:
-        raise VddError(f"unknown leaderboard format {fmt!r}: use one of {', '.join(FORMATS)}")
-    if fmt == "json":
-        return json.dumps([_as_json(g) for g in groups], indent=2)
-    out = []
-    for group in groups:
-        headers = ["Method", *_columns(group), *HEADERS_TAIL]
-        rows = [_cells(group, row) for row in group.rows]
-        if fmt == "csv":
-            buffer = io.StringIO()
-            writer = csv.writer(buffer)
-            writer.writerow(["group", *headers])
-            name = f"{group.name}/{group.key['benchmark']}"
-            writer.writerows([[name, *("" if c is None else c for c in r)] for r in rows])
-            out.append(buffer.getvalue().rstrip("\n"))
-            continue
-        table = tabulate(
-            rows, headers, tablefmt="github" if fmt == "markdown" else "latex_booktabs", missingval="–"
-        )
-        prefix = "% " if fmt == "latex" else ""
-        out.append("\n".join(prefix + line for line in title(group).splitlines()) + "\n\n" + table)
-        out.append(
-            f"{prefix}accuracy: top-1 % on the {split} split, mean over seeds; "
-            "Params: all parameters a task's "
-            "network uses; Task-specific: its own storage in float32 equivalents; GMACs per image"
-        )
-    return "\n\n".join(out)
+    """The tables of `groups` in `fmt` (see `vdd_bench.tables`)."""
+    from vdd_bench.tables import render_groups
 
-
-def _as_json(group: Group) -> dict[str, Any]:
-    return {
-        "benchmark": {"name": group.name, "kind": group.kind, **group.key},
-        "tasks": group.tasks,
-        "baseline_note": group.baseline_note,
-        "rows": [
-            {
-                "method": row.method,
-                "label": row.label,
-                "published": row.published,
-                "accuracy": row.accs,
-                "seeds": row.seeds,
-                "score": row.score,
-                "score_total": row.score_total,
-                "params": row.params,
-                "task_specific_params": row.task_params,
-                "macs": row.macs,
-            }
-            for row in group.rows
-        ],
-    }
+    return render_groups(groups, fmt, split)

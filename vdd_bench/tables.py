@@ -1,0 +1,236 @@
+"""The leaderboard's groups as text: markdown, a paper-style LaTeX table, CSV and JSON.
+
+Every format shows the same numbers: per-task accuracy (mean, ± the sample standard deviation when a cell
+averages more than one seed), the mean over tasks, the score, parameters and MACs; a run a row should have
+and does not reads `missing`, and the table lists each with its run id or the command that would run it.
+The LaTeX table is booktabs style with the best value of each column in bold (on the printed values:
+highest accuracy, mean and score; fewest parameters and MACs), ready to paste into a paper.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable
+from typing import Any
+
+from tabulate import tabulate
+
+from tasks.decathlon import DECATHLON
+from vdd_bench.errors import VddError
+from vdd_bench.leaderboard import FORMATS, Group, Row, row_mean
+
+MISSING = "missing"
+NONE = "–"
+HEADERS_TAIL = ["Mean", "Score", "Params (M)", "Task-specific (M)", "GMACs"]
+_LATEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"} | {"~": r"\textasciitilde{}", "^": r"\^{}"}
+
+
+def render_groups(groups: list[Group], fmt: str = "markdown", split: str = "test") -> str:
+    if fmt not in FORMATS:
+        raise VddError(f"unknown leaderboard format {fmt!r}: use one of {', '.join(FORMATS)}")
+    if fmt == "json":
+        return json.dumps([as_json(g) for g in groups], indent=2)
+    if fmt == "csv":
+        return "\n\n".join(_csv(g) for g in groups)
+    render_one = _latex if fmt == "latex" else _markdown
+    return "\n\n".join(render_one(g, split) for g in groups)
+
+
+def columns(group: Group) -> list[str]:
+    """Task column labels: the papers' short names on the real decathlon, task names elsewhere."""
+    if group.kind == "decathlon":
+        return [DECATHLON[t].short if t in DECATHLON else t for t in group.tasks]
+    return list(group.tasks)
+
+
+def title(group: Group) -> str:
+    key = group.key
+    backbone = key["backbone"]
+    toy = (
+        " — TOY benchmark: synthetic data, not comparable to the real decathlon"
+        if group.kind == "toy"
+        else ""
+    )
+    subset = len(group.tasks) < group.benchmark_tasks
+    coverage = f", {len(group.tasks)} of its {group.benchmark_tasks} tasks run" if subset else ""
+    return (
+        f"{group.name} [{group.kind}, {key['benchmark']}]{toy}{coverage}\n"
+        f"backbone {backbone['name']} (width {backbone['width']}), images {key['resolution']} px, "
+        f"recipe {key['recipe']}, protocol {key['protocol']}; {group.baseline_note}"
+    )
+
+
+def _note(split: str) -> str:
+    return (
+        f"accuracy: top-1 % on the {split} split, mean ± sample standard deviation over seeds (Seeds: how "
+        "many a cell averages); Params: all parameters a task's network uses; Task-specific: its own "
+        "storage in float32 equivalents; GMACs per image"
+    )
+
+
+def _summary(group: Group, row: Row) -> list[float | None]:
+    """Mean, score, params (M), task-specific (M), GMACs of a row; None where there is no value."""
+    mean = row_mean(group, row)
+
+    def average(values: dict[str, float], scale: float) -> float | None:
+        return sum(values.values()) / len(values) / scale if values else None
+
+    return [
+        mean,
+        row.score_total,
+        average(row.params, 1e6),
+        average(row.task_params, 1e6),
+        average(row.macs, 1e9),
+    ]
+
+
+_DIGITS = [2, 0, 3, 3, 4]  # mean, score, params, task-specific, GMACs
+_BEST: list[Callable[[list[float]], float]] = [max, max, min, min, min]
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return NONE if value is None else f"{value:.{digits}f}"
+
+
+def _acc_parts(row: Row, task: str) -> tuple[str, str | None] | None:
+    """(mean, std or None) as printed, or None when the row has no accuracy for the task."""
+    if task not in row.accs:
+        return None
+    std = row.stds.get(task)
+    return f"{row.accs[task]:.2f}", (f"{std:.2f}" if std is not None else None)
+
+
+def _acc_cell(row: Row, task: str, bold: Callable[[str], str] = str, pm: str = " ± ") -> str:
+    parts = _acc_parts(row, task)
+    if parts is None:
+        return MISSING if task in row.missing_tasks() else NONE
+    mean, std = parts
+    return bold(mean) + (pm + std if std is not None else "")
+
+
+def _missing_lines(group: Group, prefix: str = "") -> list[str]:
+    lines = []
+    for row in group.rows:
+        for m in row.missing:
+            where = f"run {m.run_id}: " if m.run_id else ""
+            lines.append(f"{prefix}- {row.label} on {m.task}, seed {m.seed}: {where}`{m.command}`")
+    if not lines:
+        return []
+    header = "missing runs (each with what would produce it"
+    if any(m.run_id is None for row in group.rows for m in row.missing):
+        header += "; ROOT: the benchmark root, CKPT: the row's backbone checkpoint, same hyper-parameters"
+    return [f"{prefix}{header}):", *lines]
+
+
+def _markdown(group: Group, split: str) -> str:
+    headers = ["Method", *columns(group), *HEADERS_TAIL, "Seeds"]
+    rows = []
+    for row in group.rows:
+        summary = [_fmt(v, d) for v, d in zip(_summary(group, row), _DIGITS, strict=True)]
+        rows.append(
+            [row.label, *(_acc_cell(row, t) for t in group.tasks), *summary, row.seed_range() or NONE]
+        )
+    table = tabulate(rows, headers, tablefmt="github", disable_numparse=True)
+    parts = [title(group), table, _note(split)]
+    missing = _missing_lines(group)
+    if missing:
+        parts.append("\n".join(missing))
+    return "\n\n".join(parts)
+
+
+def _escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(c, c) for c in text)
+
+
+def _latex(group: Group, split: str) -> str:
+    """booktabs tabular; the best printed value per column in bold (only where two or more rows compare)."""
+    summaries = [_summary(group, row) for row in group.rows]
+    best_acc = {}
+    for task in group.tasks:
+        printed = [p[0] for row in group.rows if (p := _acc_parts(row, task))]
+        if len(printed) > 1:
+            best_acc[task] = max(printed, key=float)
+    best_tail = []
+    for i, (digits, pick) in enumerate(zip(_DIGITS, _BEST, strict=True)):
+        printed = [_fmt(s[i], digits) for s in summaries if s[i] is not None]
+        best_tail.append(pick(printed, key=float) if len(printed) > 1 else None)
+
+    def emph(value: str, best: str | None) -> str:
+        return rf"\textbf{{{value}}}" if best is not None and value == best else value
+
+    body = []
+    for row, summary in zip(group.rows, summaries, strict=True):
+        cells = [_escape(row.label)]
+        for task in group.tasks:
+            cell = _acc_cell(row, task, lambda v, t=task: emph(v, best_acc.get(t)), r" $\pm$ ")
+            cells.append({MISSING: r"\emph{missing}", NONE: "--"}.get(cell, cell))
+        for i, (value, digits) in enumerate(zip(summary, _DIGITS, strict=True)):
+            text = _fmt(value, digits)
+            cells.append("--" if value is None else emph(text, best_tail[i]))
+        body.append(cells)
+    headers = [_escape(h) for h in ["Method", *columns(group), *HEADERS_TAIL]]
+    raw = tabulate(
+        body,
+        headers,
+        tablefmt="latex_raw",
+        disable_numparse=True,
+        colalign=["left"] + ["right"] * (len(headers) - 1),
+    )
+    rules = iter([r"\toprule", r"\midrule", r"\bottomrule"])
+    table = "\n".join(next(rules) if line == r"\hline" else line for line in raw.splitlines())
+    comments = [*title(group).splitlines(), _note(split).replace("±", "+-"), *_missing_lines(group)]
+    head = "\n".join(f"% {line}" for line in title(group).splitlines())
+    tail = "\n".join(f"% {line}" for line in comments[len(title(group).splitlines()) :])
+    return f"{head}\n{table}\n{tail}"
+
+
+def _csv(group: Group) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    task_headers = [h for c in columns(group) for h in (c, f"{c} std", f"{c} seeds")]
+    writer.writerow(["group", "Method", *task_headers, *HEADERS_TAIL, "Missing runs"])
+    name = f"{group.name}/{group.key['benchmark']}"
+    for row in group.rows:
+        cells: list[Any] = [name, row.label]
+        for task in group.tasks:
+            parts = _acc_parts(row, task)
+            if parts is None:
+                cells += [MISSING if task in row.missing_tasks() else "", "", row.seeds.get(task, 0)]
+            else:
+                cells += [parts[0], parts[1] or "", row.seeds.get(task, "")]
+        cells += ["" if v is None else _fmt(v, d) for v, d in zip(_summary(group, row), _DIGITS, strict=True)]
+        cells.append("; ".join(f"{m.task} seed {m.seed}: {m.run_id or m.command}" for m in row.missing))
+        writer.writerow(cells)
+    return buffer.getvalue().rstrip("\n")
+
+
+def as_json(group: Group) -> dict[str, Any]:
+    return {
+        "benchmark": {"name": group.name, "kind": group.kind, **group.key},
+        "tasks": group.tasks,
+        "baseline_note": group.baseline_note,
+        "rows": [
+            {
+                "method": row.method,
+                "label": row.label,
+                "published": row.published,
+                "accuracy": row.accs,
+                "std": row.stds,
+                "seeds": row.seeds,
+                "seed_ids": row.seed_ids,
+                "mean": row_mean(group, row),
+                "score": row.score,
+                "score_total": row.score_total,
+                "params": row.params,
+                "task_specific_params": row.task_params,
+                "macs": row.macs,
+                "missing": [
+                    {"task": m.task, "seed": m.seed, "run_id": m.run_id, "command": m.command}
+                    for m in row.missing
+                ],
+            }
+            for row in group.rows
+        ],
+    }
