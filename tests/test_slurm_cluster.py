@@ -130,14 +130,18 @@ def test_a_toy_sweep_through_slurm(toy_root: Path, toy_backbone: Path, tmp_path:
     )
 
 
-def test_a_requeued_job_resumes_to_the_same_record(
+def test_a_preempted_and_requeued_job_resumes_to_the_same_record(
     toy_root: Path, toy_backbone: Path, tmp_path: Path, one_thread
 ) -> None:
+    """SIGUSR2 (what SLURM sends before a time limit or a preemption) makes submitit checkpoint and requeue
+    the job; `scontrol requeue` kills and restarts it. Both times the run resumes from its last epoch-end
+    checkpoint, and ends with the record of an uninterrupted run."""
+    epochs = 16
     request = plan_run(
         Benchmark.open(toy_root),
         "shapes",
         "finetune",
-        {"epochs": 8, "batch_size": 32},
+        {"epochs": epochs, "batch_size": 32},
         backbone_checkpoint=toy_backbone,
     )
     run_id = request.config.run_id
@@ -146,22 +150,47 @@ def test_a_requeued_job_resumes_to_the_same_record(
     results = tmp_path / "slurm"
     summary = SlurmLauncher(results, SlurmProfile.from_file(PROFILE)).launch([request])
     [job_id] = summary.job_ids()
-    checkpoint = RunStore(results).run_dir(run_id) / "checkpoint.pt"
-    deadline = time.monotonic() + 300
-    while True:  # wait for an epoch-end checkpoint, then requeue the job mid-training
-        assert time.monotonic() < deadline, "the job never wrote a checkpoint"
-        if checkpoint.exists():
-            epoch = torch.load(checkpoint, weights_only=True)["epoch"]
-            if epoch >= 1:
-                break
-        time.sleep(0.2)
-    assert epoch < 8 and not RunStore(results).is_done(run_id)
+    folder = RunStore(results).run_dir(run_id)
+    log = Path(read_submission(folder)["stdout"])
+
+    def wait_until(what: str, ready) -> None:
+        deadline = time.monotonic() + 300
+        while not ready():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.2)
+
+    def trained_an_epoch() -> bool:
+        try:
+            return torch.load(folder / "checkpoint.pt", weights_only=True)["epoch"] >= 1
+        except (FileNotFoundError, RuntimeError, EOFError):
+            return False
+
+    def resumed(times: int) -> bool:
+        return log.exists() and log.read_text().count("resuming from its checkpoint") >= times
+
+    wait_until("a first epoch-end checkpoint", trained_an_epoch)
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True, capture_output=True)
+    wait_until("the job to come back after SIGUSR2", lambda: resumed(1))
+    assert not RunStore(results).is_done(run_id)
     subprocess.run(["scontrol", "requeue", job_id], check=True, capture_output=True)
     wait_for([job_id], timeout_s=400)
 
-    resumed = RunStore(results).record(run_id)
-    assert resumed is not None and comparable(resumed) == comparable(straight)
-    log = Path(read_submission(RunStore(results).run_dir(run_id))["stdout"]).read_text()
-    assert log.count("Starting with JobEnvironment") == 2
-    assert re.search(r"resuming from its checkpoint \(phase 0, epoch [1-7]\)", log), log
-    assert not (RunStore(results).run_dir(run_id) / "claim.json").exists()
+    record = RunStore(results).record(run_id)
+    assert record is not None and comparable(record) == comparable(straight)
+    text = log.read_text()
+    assert text.count("Starting with JobEnvironment") == 3, text
+    assert "Caught signal SIGUSR2" in text + Path(read_submission(folder)["stderr"]).read_text()
+    points = [int(e) for e in re.findall(r"resuming from its checkpoint \(phase 0, epoch (\d+)\)", text)]
+    assert len(points) == 2 and 1 <= points[0] <= points[1] < epochs, text
+    assert not (folder / "claim.json").exists() and not (folder / "checkpoint.pt").exists()
+
+
+def test_an_sbatch_refusal_is_one_line(toy_root: Path, toy_backbone: Path, tmp_path: Path) -> None:
+    profile = tmp_path / "bad.yaml"
+    profile.write_text("partition: no-such-partition\ntime_min: 5\n")
+    args = ["sweep", "--benchmark", str(toy_root), "--methods", "feature", "--tasks", "shapes"]
+    args += ["--backbone-checkpoint", str(toy_backbone), "--results", str(tmp_path / "results")]
+    refused = CliRunner().invoke(main, [*args, "--launcher", "slurm", "--profile", str(profile)])
+    assert refused.exit_code == 2, refused.output
+    [line] = refused.output.splitlines()
+    assert line.startswith("error: sbatch failed for feature (level 0): sbatch: error: invalid partition")

@@ -251,3 +251,25 @@ def test_status_reads_the_store_and_the_scheduler(tmp_path: Path, monkeypatch: p
     assert statuses["lost"].error == "job 7_3 ended NODE_FAIL without finishing the run"
     table = render_status(list(statuses.values()))
     assert "6 runs: 1 done, 1 running, 1 pending, 2 failed, 1 todo" in table
+
+
+def test_the_cli_needs_a_profile_and_status_lists_a_sweeps_runs(make_root, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from vdd_bench.cli import main
+
+    root = make_root()
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        f"benchmark: {root}\nmethods: [scratch]\nbackbone: {{name: resnet26, width: 0.25}}\nseeds: [0, 1]\n"
+    )
+    results = ["--results", str(tmp_path / "results")]
+    refused = CliRunner().invoke(main, ["sweep", "--file", str(sweep), "--launcher", "slurm", *results])
+    assert refused.exit_code == 2 and "--launcher slurm needs --profile FILE" in refused.output
+    shown = CliRunner().invoke(main, ["status", "--sweep", str(sweep), *results])
+    assert shown.exit_code == 0, shown.output
+    assert "4 runs: 0 done, 0 running, 0 pending, 0 failed, 4 todo" in shown.output
+    rows = [line.split() for line in shown.output.splitlines() if line.startswith("todo")]
+    assert sorted((r[1], r[2], r[3]) for r in rows) == [
+        ("scratch", task, seed) for task in ("alpha", "beta") for seed in ("0", "1")
+    ]

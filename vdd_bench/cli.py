@@ -300,15 +300,15 @@ def status(sweep_files, root, backbone_checkpoint, epoch_scale, sets, results, a
     from vdd_bench.slurm.launcher import closure
     from vdd_bench.status import render_status, run_statuses
 
-    run_ids = None
+    configs = None
     if sweep_files:
-        run_ids = []
+        configs = {}
         for sweep_file in sweep_files:
             requests = _sweep_requests(
                 sweep_file, root, None, None, None, backbone_checkpoint, sets, epoch_scale
             )
-            run_ids += [r.config.run_id for r in closure(requests) if r.config.run_id not in run_ids]
-    statuses = run_statuses(results, run_ids)
+            configs.update({r.config.run_id: r.config for r in closure(requests)})
+    statuses = run_statuses(results, None if configs is None else list(configs), configs)
     if as_json:
         click.echo(json.dumps([asdict(s) for s in statuses], indent=2))
     else:

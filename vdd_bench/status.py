@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from vdd_bench.config import RunConfig
 from vdd_bench.slurm import scheduler
 from vdd_bench.slurm.launcher import read_submission
 from vdd_bench.store import RunStore, claim_is_live, read_claim
@@ -42,8 +43,11 @@ def last_error_line(path: Path) -> str | None:
     return lines[-1] if lines else None
 
 
-def run_statuses(results: Path, run_ids: list[str] | None = None) -> list[RunStatus]:
-    """One status per run id (default: every run folder under results/runs), scheduler asked once."""
+def run_statuses(
+    results: Path, run_ids: list[str] | None = None, configs: dict[str, RunConfig] | None = None
+) -> list[RunStatus]:
+    """One status per run id (default: every run folder under results/runs), scheduler asked once;
+    `configs` names the runs not started yet (method, task, seed)."""
     store = RunStore(results)
     if run_ids is None:
         run_ids = sorted(p.name for p in store.runs.iterdir() if p.is_dir()) if store.runs.is_dir() else []
@@ -53,7 +57,10 @@ def run_statuses(results: Path, run_ids: list[str] | None = None) -> list[RunSta
     gone: dict[str, RunStatus] = {}
     for run_id in run_ids:
         folder = store.run_dir(run_id)
-        method, task, seed = _identity(folder, run_id)
+        config = (configs or {}).get(run_id)
+        method, task, seed = (
+            (config.method, config.task, config.seed) if config else _identity(folder, run_id)
+        )
         status = RunStatus(run_id, method, task, seed, "todo")
         submission = read_submission(folder)
         if submission is not None:

@@ -173,11 +173,19 @@ class SlurmLauncher:
                 job_name=f"vdd-{group.method.replace(':', '_')}-L{group.level}",
                 additional_parameters=extra,
             )
-            with executor.batch():
-                jobs = [
-                    executor.submit(RunJob(request, str(self.results), self.device))
-                    for request in group.requests
-                ]
+            try:
+                with executor.batch():
+                    jobs = [
+                        executor.submit(RunJob(request, str(self.results), self.device))
+                        for request in group.requests
+                    ]
+            except Exception as exc:  # sbatch refused (bad partition, account, ...): say it in one line
+                lines = [line for line in str(exc).splitlines() if line.strip()]
+                raise VddError(
+                    f"sbatch failed for {group.method} (level {group.level}): "
+                    f"{lines[0] if lines else type(exc).__name__}; {len(summary.groups)} job array(s) were "
+                    "submitted before it (relaunching after the fix submits the rest)"
+                ) from None
             store = RunStore(self.results)
             for request, job in zip(group.requests, jobs, strict=True):
                 run_id = request.config.run_id
