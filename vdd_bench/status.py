@@ -3,7 +3,7 @@ scheduler's view.
 
   done      the run has its `done` marker
   running   a live claim holds it (a local process, or a SLURM job that squeue shows RUNNING)
-  pending   its last SLURM job is queued (waiting for resources, its inputs, or a requeue)
+  pending   its last SLURM job is queued (waiting for resources, for its inputs, or requeued)
   failed    its last attempt failed (`failed` file), or its job ended without a result (sacct says
             FAILED, CANCELLED, TIMEOUT, NODE_FAIL, OUT_OF_MEMORY, ...)
   todo      never started (or its job vanished without a trace)
@@ -69,8 +69,10 @@ def run_statuses(
         if (folder / "done").exists():
             status.state = "done"
         elif claim is not None and claim_is_live(claim, lambda: queued):
-            status.state = "running"
-            status.job_id = claim.get("job_id") or f"pid {claim.get('pid')}@{claim.get('host')}"
+            job = claim.get("job_id")
+            requeued = job is not None and queued is not None and queued.get(job, "RUNNING") != "RUNNING"
+            status.state = "pending" if requeued else "running"
+            status.job_id = job or f"pid {claim.get('pid')}@{claim.get('host')}"
         elif submission is not None and queued is not None and submission["job_id"] in queued:
             running = queued[submission["job_id"]] == "RUNNING"
             status.state = "running" if running else "pending"
