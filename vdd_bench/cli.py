@@ -589,6 +589,68 @@ def score(file: Path, labels: Path | None, baselines: Path | None, as_json: bool
     click.echo(score_file(file, labels, as_json, baselines))
 
 
+@main.command()
+@RESULTS
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("plots"),
+    show_default=True,
+    help="Folder for the figures.",
+)
+@click.option("--formats", default="png,pdf", show_default=True, help="Comma-separated: png, pdf.")
+@click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True)
+@click.option("--benchmark", "fingerprint", default=None, help="Only this benchmark fingerprint.")
+def plot(results: Path, out: Path, formats: str, split: str, fingerprint: str | None) -> None:
+    """Figures of every finished run: accuracy vs task-specific parameters per task, score vs MACs per
+    method, and NetTailor's kept blocks per task."""
+    from vdd_bench.leaderboard import build_groups
+    from vdd_bench.plots import FIGURE_FORMATS, plot_all
+    from vdd_bench.store import RunStore
+
+    chosen = tuple(f.strip() for f in formats.split(",") if f.strip())
+    unknown = [f for f in chosen if f not in FIGURE_FORMATS]
+    if unknown or not chosen:
+        raise VddError(f"unknown figure format(s) {', '.join(unknown) or formats!r}: use png, pdf")
+    records = [
+        r
+        for r in RunStore(results).done_records()
+        if fingerprint is None or r["config"]["benchmark"] == fingerprint
+    ]
+    if not records:
+        raise VddError(f"no finished runs under {results}: run `vdd demo` or `vdd sweep` first")
+    for path in plot_all(build_groups(records, split), records, out, chosen):
+        click.echo(str(path))
+
+
+@main.command()
+@click.option("--method", required=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--benchmark", "root", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option(
+    "--test-labels",
+    type=click.Path(exists=True, path_type=Path),
+    help="As given to `vdd run` (it is part of the benchmark's fingerprint).",
+)
+@click.option("--run", "run_ids", multiple=True, help="The run to submit for a task (repeatable).")
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@RESULTS
+def submit(method, seed, root, test_labels, run_ids, out, results) -> None:
+    """Write the challenge submission file of a method's runs: one JSON list of {image_id, category_id}
+    covering every test image of every task exactly once (checked)."""
+    from vdd_bench.benchmark import Benchmark
+    from vdd_bench.submission import build_submission, write_submission
+
+    bench = Benchmark.open(root, test_labels)
+    entries, runs = build_submission(bench, results, method, seed, run_ids)
+    write_submission(entries, out)
+    click.echo(f"{out}: {len(entries)} predictions, {len(runs)} tasks ({method}, seed {seed})")
+    for task, run_id in runs.items():
+        click.echo(f"  {task}: {run_id}")
+
+
 @main.command("backbone-info")
 @click.argument("name")
 @click.option("--size", type=int, default=None, help="Input size (default 64 for resnet26, 224 otherwise).")

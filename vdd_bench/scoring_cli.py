@@ -10,7 +10,7 @@ from tabulate import tabulate
 
 from tasks.decathlon import DECATHLON, OFFICIAL_ORDER
 from vdd_bench.errors import VddError
-from vdd_bench.score import decathlon_score, official_baselines, score_predictions
+from vdd_bench.score import MAX_SCORED_ACC, decathlon_score, official_baselines, score_predictions
 
 _BY_SHORT = {facts.short.lower(): name for name, facts in DECATHLON.items()}
 
@@ -79,24 +79,51 @@ def accuracy_rows(
 
 
 def read_baselines(path: Path) -> dict[str, float]:
+    """{task: baseline accuracy %}, or the output of `vdd leaderboard --format json` for one benchmark
+    group, whose fine-tuning row then gives the baselines (as the leaderboard itself scores that group)."""
     content = read_json(path)
+    if isinstance(content, list):
+        return _leaderboard_baselines(path, content)
     if not isinstance(content, dict) or not all(isinstance(v, (int, float)) for v in content.values()):
         raise VddError(f"{path}: baselines must be a JSON object {{task: baseline accuracy %}}")
     return {k: float(v) for k, v in content.items()}
 
 
+def _leaderboard_baselines(path: Path, groups: list) -> dict[str, float]:
+    from vdd_bench.leaderboard import BASELINE_METHOD
+
+    found = []
+    for group in groups:
+        rows = [
+            r
+            for r in (group.get("rows", []) if isinstance(group, dict) else [])
+            if r.get("method") == BASELINE_METHOD and not r.get("published") and r.get("accuracy")
+        ]
+        if rows:
+            found.append(max(rows, key=lambda r: len(r["accuracy"]))["accuracy"])
+    if len(found) != 1:
+        raise VddError(
+            f"{path}: a leaderboard JSON used as baselines needs exactly one group with a {BASELINE_METHOD} "
+            f"row, it has {len(found)}: use `vdd leaderboard --format json --benchmark FINGERPRINT`"
+        )
+    return {k: float(v) for k, v in found[0].items()}
+
+
 def score_file(
     path: Path, labels: Path | None = None, as_json: bool = False, baselines_file: Path | None = None
 ) -> str:
-    """Official baselines for decathlon tasks; `baselines_file` ({task: acc %}) for any other benchmark."""
+    """Official baselines for decathlon tasks; `baselines_file` ({task: acc %}) for any other benchmark,
+    scored as the leaderboard scores such a benchmark (accuracies above MAX_SCORED_ACC count as that)."""
     baselines = read_baselines(baselines_file) if baselines_file else official_baselines()
+    cap = (lambda a: min(a, MAX_SCORED_ACC)) if baselines_file else (lambda a: a)
     results = {}
     for name, accs in accuracy_rows(path, labels, known=None if baselines_file else DECATHLON).items():
         unknown = [t for t in accs if t not in baselines]
         if unknown:
             where = baselines_file or "the official decathlon baselines"
             raise VddError(f"{path}: no baseline for {', '.join(unknown)} in {where}; pass --baselines FILE")
-        scored = decathlon_score(accs, {t: baselines[t] for t in accs})
+        capped = {t: cap(a) for t, a in accs.items()}
+        scored = decathlon_score(capped, {t: cap(baselines[t]) for t in accs})
         results[name] = {"accuracy": accs, **scored}
     if as_json:
         return json.dumps(results, indent=2)

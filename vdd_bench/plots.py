@@ -1,0 +1,214 @@
+"""Figures researchers publish, from the leaderboard's groups and the run records (matplotlib, Agg).
+
+- accuracy against task-specific parameters, one panel per task, one marker per method;
+- decathlon score against average MACs per method (published rows hollow, on the real decathlon);
+- NetTailor's tailored architectures: a tasks x blocks grid of what each task kept (the pre-trained block,
+  only proxies, or nothing), like the paper's figure, from the selection runs' `method_report.blocks`.
+
+matplotlib is imported here only, when a figure is drawn, so the rest of the harness never pays for it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from vdd_bench.architectures import tailored_records
+from vdd_bench.leaderboard import Group
+
+FIGURE_FORMATS = ("png", "pdf")
+# block states in the NetTailor grid: value, label, colour
+KEPT, PROXIES, REMOVED, BOTH = 3, 1, 0, 2
+_STATES = [
+    (REMOVED, "removed", "#f2f2f2"),
+    (PROXIES, "proxies only", "#f4a259"),
+    (BOTH, "pre-trained block + proxies", "#5b8e7d"),
+    (KEPT, "pre-trained block", "#264653"),
+]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.-]+", "-", text).strip("-")
+
+
+def group_stem(group: Group) -> str:
+    return _slug(f"{group.name}-{group.key['benchmark']}")
+
+
+def _save(fig: Any, out: Path, stem: str, formats: tuple[str, ...]) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in formats:
+        path = out / f"{stem}.{fmt}"
+        # a fixed creation date keeps PDFs byte-identical between runs
+        metadata = {"CreationDate": None} if fmt == "pdf" else {"Software": None}
+        fig.savefig(path, dpi=150, bbox_inches="tight", metadata=metadata)
+        paths.append(path)
+    _pyplot().close(fig)
+    return paths
+
+
+def short_label(label: str) -> str:
+    """A row label with long floats shortened (0.6666666666666666 -> 0.667), for legends."""
+    return re.sub(r"\d+\.\d{4,}", lambda m: f"{float(m.group()):.3g}", label)
+
+
+def _markers(labels: list[str]) -> dict[str, tuple[str, Any]]:
+    plt = _pyplot()
+    colours = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20").colors
+    shapes = "osD^vP*Xhp<>"
+    return {label: (shapes[i % len(shapes)], colours[i % len(colours)]) for i, label in enumerate(labels)}
+
+
+def accuracy_vs_params(group: Group, out: Path, formats: tuple[str, ...] = FIGURE_FORMATS) -> list[Path]:
+    """One panel per task: test accuracy against task-specific parameters (log scale), per method."""
+    from matplotlib.ticker import NullFormatter
+
+    plt = _pyplot()
+    rows = [r for r in group.rows if not r.published and r.accs]
+    cols = min(5, len(group.tasks))
+    lines = math.ceil(len(group.tasks) / cols)
+    fig, axes = plt.subplots(lines, cols, figsize=(3.1 * cols, 2.7 * lines + 0.8), squeeze=False)
+    style = _markers([r.label for r in rows])
+    for ax, task in zip(axes.flat, group.tasks, strict=False):
+        for row in rows:
+            if task not in row.accs or task not in row.task_params:
+                continue
+            marker, colour = style[row.label]
+            std = row.stds.get(task)
+            ax.errorbar(
+                row.task_params[task] / 1e6, row.accs[task], yerr=std if std else None, marker=marker,
+                color=colour, linestyle="none", markersize=6, capsize=2, label=short_label(row.label),
+            )  # fmt: skip
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_title(task, fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(group.tasks) :]:
+        ax.axis("off")
+    fig.supxlabel("task-specific parameters (M, float32 equivalents, log scale)", fontsize=9)
+    fig.supylabel("top-1 accuracy (%)", fontsize=9)
+    handles = {h.get_label(): h for ax in axes.flat for h in ax.get_legend_handles_labels()[0]}
+    fig.suptitle(f"{group.name}: accuracy vs task-specific parameters")
+    fig.tight_layout()
+    fig.legend(handles.values(), handles.keys(), loc="upper center", ncol=min(3, len(handles)), fontsize=7,
+               bbox_to_anchor=(0.5, 0.0), frameon=False)  # fmt: skip
+    return _save(fig, out, f"{group_stem(group)}-accuracy-vs-params", formats)
+
+
+def score_vs_macs(group: Group, out: Path, formats: tuple[str, ...] = FIGURE_FORMATS) -> list[Path] | None:
+    """Decathlon score against average GMACs per task, per method; None when no row has a score."""
+    rows = [r for r in group.rows if r.score_total is not None and r.macs]
+    if not rows:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    style = _markers([r.label for r in rows])
+    for i, row in enumerate(rows):
+        marker, colour = style[row.label]
+        macs = sum(row.macs.values()) / len(row.macs) / 1e9
+        face = "none" if row.published else colour
+        ax.scatter(macs, row.score_total, marker=marker, s=50, edgecolors=colour, facecolors=face)
+        ax.annotate(
+            short_label(row.label),
+            (macs, row.score_total),
+            fontsize=6,
+            xytext=(5, 2 if i % 2 else -8),
+            textcoords="offset points",
+        )
+    ax.set_xlabel("average GMACs per task (multiply-accumulates, the papers' GFLOPs)")
+    ax.set_ylabel("decathlon score")
+    ax.set_title(f"{group.name}: score vs compute", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.margins(x=0.25, y=0.08)
+    fig.tight_layout()
+    return _save(fig, out, f"{group_stem(group)}-score-vs-macs", formats)
+
+
+def block_states(record: dict[str, Any]) -> list[tuple[int, int]]:
+    """Per block of a NetTailor selection run: (state, number of proxies kept)."""
+    states = []
+    for block in sorted(record["method_report"]["blocks"], key=lambda b: b["block"]):
+        proxies = len(block.get("proxies", []))
+        main = bool(block.get("main"))
+        state = (BOTH if proxies else KEPT) if main else (PROXIES if proxies else REMOVED)
+        states.append((state, proxies))
+    return states
+
+
+def nettailor_blocks(
+    records: list[dict[str, Any]], out: Path, formats: tuple[str, ...] = FIGURE_FORMATS
+) -> list[Path] | None:
+    """Per benchmark, a tasks x blocks grid of NetTailor's kept architecture; None when there are no runs.
+
+    One line per task and seed (the lowest seed first); the number in a cell is how many proxies it kept."""
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    tailored = [r for r in tailored_records(records) if r["method_report"].get("blocks")]
+    if not tailored:
+        return None
+    plt = _pyplot()
+    paths: list[Path] = []
+    for fingerprint in sorted({r["config"]["benchmark"] for r in tailored}):
+        chosen = [r for r in tailored if r["config"]["benchmark"] == fingerprint]
+        order = chosen[0]["benchmark"]["tasks"]
+        chosen.sort(key=lambda r: (order.index(r["task"]) if r["task"] in order else 0, r["config"]["seed"]))
+        grid = [block_states(r) for r in chosen]
+        width = max(len(g) for g in grid)
+        values = [[s for s, _ in g] + [REMOVED] * (width - len(g)) for g in grid]
+        fig, ax = plt.subplots(figsize=(0.42 * width + 2.4, 0.38 * len(grid) + 1.6))
+        cmap = ListedColormap([colour for _, _, colour in _STATES])
+        ax.imshow(values, cmap=cmap, vmin=-0.5, vmax=3.5, aspect="auto")
+        for y, g in enumerate(grid):
+            for x, (state, proxies) in enumerate(g):
+                if proxies:
+                    colour = "white" if state in (KEPT, BOTH) else "black"
+                    ax.text(x, y, str(proxies), ha="center", va="center", fontsize=7, color=colour)
+        seeds = {r["config"]["seed"] for r in chosen}
+        repeated = {t for t in (r["task"] for r in chosen) if sum(r["task"] == t for r in chosen) > 1}
+        labels = [
+            r["task"]
+            + (f" (seed {r['config']['seed']})" if len(seeds) > 1 else "")
+            + (f" [{r['run_id'][-6:]}]" if r["task"] in repeated and len(seeds) == 1 else "")
+            for r in chosen
+        ]
+        ax.set_yticks(range(len(chosen)), labels, fontsize=8)
+        ax.set_xticks(range(width), [str(i + 1) for i in range(width)], fontsize=7)
+        ax.set_xticks([x - 0.5 for x in range(1, width)], minor=True)
+        ax.set_yticks([y - 0.5 for y in range(1, len(grid))], minor=True)
+        ax.grid(which="minor", color="white", linewidth=1.5)
+        ax.tick_params(which="minor", length=0)
+        ax.set_xlabel("residual block (number in a cell: proxies kept)")
+        name = chosen[0]["benchmark"]["name"]
+        ax.set_title(f"NetTailor: tailored architectures, {name}", fontsize=10)
+        legend = [Patch(facecolor=c, edgecolor="#999999", label=label) for _, label, c in reversed(_STATES)]
+        ax.legend(handles=legend, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
+        fig.tight_layout()
+        paths += _save(fig, out, _slug(f"{name}-{fingerprint}-nettailor-blocks"), formats)
+    return paths
+
+
+def plot_all(
+    groups: list[Group], records: list[dict[str, Any]], out: Path, formats: tuple[str, ...] = FIGURE_FORMATS
+) -> list[Path]:
+    """Every figure for every group; the paths written."""
+    paths: list[Path] = []
+    for group in groups:
+        if any(not r.published and r.accs for r in group.rows):
+            paths += accuracy_vs_params(group, out, formats)
+        paths += score_vs_macs(group, out, formats) or []
+    paths += nettailor_blocks(records, out, formats) or []
+    return paths
