@@ -160,6 +160,9 @@ class _TailoredMethod(Method):
             model.restrict(paths_from_json(structure["paths"]))
         return model
 
+    def inference_model(self, ctx: TaskContext, structure: dict[str, Any]) -> nn.Module:
+        return self.restore_structure(student_graph(ctx), structure, ctx)  # no candidate runs needed
+
     def report(self, model: nn.Module, ctx: TaskContext) -> dict[str, Any]:
         return architecture(model)
 
@@ -231,6 +234,9 @@ class NetTailor(Method):
         if structure:
             model.restrict(paths_from_json(structure["paths"]))
         return model
+
+    def inference_model(self, ctx: TaskContext, structure: dict[str, Any]) -> nn.Module:
+        return self.restore_structure(student_graph(ctx), structure, ctx)  # no candidate runs needed
 
     def report(self, model: nn.Module, ctx: TaskContext) -> dict[str, Any]:
         teacher_state, _ = load_run_model(ctx.inputs["teacher"])

@@ -175,6 +175,12 @@ class Method:
     def restore_structure(self, model: nn.Module, structure: dict[str, Any], ctx: TaskContext) -> nn.Module:
         return model
 
+    def inference_model(self, ctx: TaskContext, structure: dict[str, Any]) -> nn.Module:
+        """An untrained model of a finished run's `structure`, for its saved weights to be loaded into
+        (`vdd export` bundles). It must not read `ctx.inputs`: a bundle has no run folders. The default
+        builds the model and restores the structure; a method whose `build` reads other runs overrides it."""
+        return self.restore_structure(self.build(ctx), structure, ctx)
+
     def account(self, model: nn.Module, ctx: TaskContext) -> dict[str, Any]:
         """Parameters and storage of the task's network; by default decided by content (`parameter_split`).
         A method whose stored model holds tensors in another form than it needs per task overrides this."""
