@@ -12,7 +12,7 @@ import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from vdd_bench.device import Device
 from vdd_bench.errors import VddError
 from vdd_bench.method import Method, Phase, TaskContext
 from vdd_bench.store import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from vdd_bench.distributed import Distributed
 
 CHECKPOINT_FORMAT = "vdd-train-state/1"
 
@@ -89,6 +92,7 @@ class Trainer:
         progress: bool = True,
         label: str = "",
         on_epoch_end: Callable[[int, int], None] | None = None,
+        dist: Distributed | None = None,
     ) -> None:
         self.method = method
         self.ctx = ctx
@@ -99,6 +103,8 @@ class Trainer:
         self.progress = progress
         self.label = label
         self.on_epoch_end = on_epoch_end
+        self.dist = dist  # data-parallel: this rank's shard of every batch; only rank 0 writes
+        self.rank_digests: list[str] = []  # data-parallel: every rank's final weights digest
 
     def fit(
         self, model: nn.Module, data: LabelledImages, augment: AugmentSpec
@@ -112,7 +118,9 @@ class Trainer:
             model.load_state_dict(state["model"])
             start_phase, start_epoch, history = state["phase"], state["epoch"], state["history"]
             optimizer_state = state.get("optimizer")
-        model = self.device.prepare_model(model)
+        if self.dist is not None:
+            self.dist.agree((start_phase, start_epoch), f"resume point of {self.checkpoint}")
+        model = self._prepare(model)
         total = sum(p.epochs for p in phases)
         done = sum(p.epochs for p in phases[:start_phase]) + start_epoch
         bar = tqdm(
@@ -120,6 +128,12 @@ class Trainer:
         )
         for index in range(start_phase, len(phases)):
             phase = phases[index]
+            net = model
+            if self.dist is not None:
+                from vdd_bench.distributed import check_batch
+
+                check_batch(phase.batch_size, self.dist.world_size)
+                net = self.dist.wrap(model, self.device)
             optimizer = make_optimizer(self.method.param_groups(model, phase, self.ctx), phase)
             if optimizer_state is not None and index == start_phase and start_epoch > 0:
                 optimizer.load_state_dict(optimizer_state)
@@ -127,7 +141,7 @@ class Trainer:
             for epoch in range(first, phase.epochs):
                 lr = set_epoch_lr(optimizer, phase, epoch)
                 generator = epoch_generator(self.seed, index, epoch)
-                loss = self._epoch(model, optimizer, data, augment, phase, generator)
+                loss = self._epoch(net, optimizer, data, augment, phase, generator)
                 if not np.isfinite(loss):
                     raise VddError(
                         f"{self.label}: loss became {loss} in phase {phase.name} epoch {epoch + 1}; "
@@ -140,10 +154,16 @@ class Trainer:
                 if self.on_epoch_end is not None:
                     self.on_epoch_end(index, epoch + 1)
             model = self.method.end_phase(model, phase, self.ctx)
-            model = self.device.prepare_model(model)
+            model = self._prepare(model)
             self._save(model, None, index + 1, 0, history)
         bar.close()
+        if self.dist is not None:
+            model, self.rank_digests = self.dist.finish(model)
         return model, history
+
+    def _prepare(self, model: nn.Module) -> nn.Module:
+        model = self.device.prepare_model(model)
+        return self.dist.prepare(model, self.device) if self.dist is not None else model
 
     def _epoch(
         self,
@@ -163,21 +183,31 @@ class Trainer:
             batch = order[start : start + phase.batch_size]
             if len(batch) < 2:  # a single image breaks BatchNorm in training mode
                 continue
+            if self.dist is not None and not self.dist.trains_on(len(batch)):
+                continue
             images = augment_batch(data.images[batch], augment, train=True, generator=generator)
+            labels, scale = data.labels[batch], 1.0
+            if self.dist is not None:  # the whole batch's augmentation is drawn, as in one process
+                images, labels, scale = self.dist.shard(images, labels)
             images = self.device.prepare_batch(images.to(self.device.torch_device, non_blocking=True))
-            labels = data.labels[batch].to(self.device.torch_device, non_blocking=True)
+            labels = labels.to(self.device.torch_device, non_blocking=True)
             with self.device.autocast():
                 loss = self.method.loss(model, images, labels, self.ctx)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * scale if scale != 1.0 else loss).backward()
             optimizer.step()
-            loss_sum += loss.detach().double() * len(batch)
-            seen += len(batch)
+            loss_sum += loss.detach().double() * len(labels)
+            seen += len(labels)
+        if self.dist is not None:  # the mean over the global batch, the same on every rank
+            totals = self.dist.sum(torch.stack([loss_sum, loss_sum.new_tensor(float(seen))]))
+            loss_sum, seen = totals[0], int(totals[1])
         return float(loss_sum) / max(seen, 1)
 
     def _save(
         self, model: nn.Module, optimizer: torch.optim.Optimizer | None, phase: int, epoch: int, history: list
     ) -> None:
+        if self.dist is not None and not self.dist.is_main:
+            return
         state = {
             "format": CHECKPOINT_FORMAT,
             "config": self.digest,
