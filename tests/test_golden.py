@@ -1,0 +1,72 @@
+"""Golden files: the leaderboard of the fake runs in tests/golden/runs must be exactly tests/golden/expected/.
+
+The runs are made-up records (written by tests/golden/make_runs.py, checked in): a custom benchmark with
+seeds to average, a fine-tuning baseline with a saturated task, missing runs, a NetTailor selection and an
+internal step that must not show, and two decathlon tasks scored against the official baselines beside the
+published rows. After an intended change of the output, regenerate the expected files with
+
+    VDD_UPDATE_GOLDEN=1 python -m pytest tests/test_golden.py
+
+and review the diff by eye before committing it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from vdd_bench.cli import main
+from vdd_bench.config import RunConfig
+from vdd_bench.leaderboard import Expected, build_groups, render
+from vdd_bench.store import RunStore
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+UPDATE = os.environ.get("VDD_UPDATE_GOLDEN") == "1"
+
+
+def check(name: str, text: str) -> None:
+    path = GOLDEN / "expected" / name
+    if UPDATE:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"{path} missing: run with VDD_UPDATE_GOLDEN=1 to create it"
+    assert text == path.read_text(), f"{name} differs from {path} (VDD_UPDATE_GOLDEN=1 regenerates it)"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "suffix"), [("markdown", "md"), ("latex", "tex"), ("csv", "csv"), ("json", "json")]
+)
+def test_the_leaderboard_of_the_golden_runs(fmt: str, suffix: str) -> None:
+    result = CliRunner().invoke(main, ["leaderboard", "--results", str(GOLDEN), "--format", fmt])
+    assert result.exit_code == 0, result.output
+    check(f"leaderboard.{suffix}", result.output)
+
+
+def test_a_sweep_names_its_missing_runs_by_id() -> None:
+    records = list(RunStore(GOLDEN).done_records())
+    bench = next(r["benchmark"] for r in records if r["benchmark"]["kind"] == "custom")
+    configs = [RunConfig.from_dict(c) for c in json.loads((GOLDEN / "expected_runs.json").read_text())]
+    expected = [Expected(c.run_id, c.to_dict(), bench, "vdd sweep --file sweep.yaml") for c in configs]
+    check("leaderboard-sweep.md", render(build_groups(records, "test", expected), "markdown") + "\n")
+
+
+def test_the_figures_of_the_golden_runs_render(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["plot", "--results", str(GOLDEN), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(
+        f"{stem}.{ext}"
+        for stem in [
+            "custom-golden-c0ffee000001-accuracy-vs-params",
+            "custom-golden-c0ffee000001-score-vs-macs",
+            "custom-golden-c0ffee000001-nettailor-blocks",
+            "decathlon-1.0-dec000000001-accuracy-vs-params",
+            "decathlon-1.0-dec000000001-score-vs-macs",
+        ]
+        for ext in ("png", "pdf")
+    )
+    assert all((tmp_path / n).stat().st_size > 5000 for n in names)
