@@ -32,6 +32,7 @@ from vdd_bench.store import RunStore, atomic_write_bytes
 
 MODEL_FORMAT = "vdd-model/1"  # model.pt: the final weights (+ the structure a method's surgery left)
 _FINGERPRINTS: dict[tuple[str, int, int], str] = {}
+_SPECS: dict[tuple[str, int, int], BackboneSpec] = {}
 
 
 def file_fingerprint(path: Path) -> str:
@@ -45,6 +46,16 @@ def file_fingerprint(path: Path) -> str:
                 digest.update(chunk)
         _FINGERPRINTS[key] = digest.hexdigest()[:12]
     return _FINGERPRINTS[key]
+
+
+def checkpoint_spec(path: Path) -> BackboneSpec:
+    """The architecture of a backbone checkpoint, memoised per (path, size, mtime): planning a sweep asks
+    for it once per run and dependency, and reading the whole checkpoint each time dominated planning."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _SPECS:
+        _SPECS[key] = load_checkpoint(path)[0]
+    return _SPECS[key]
 
 
 def default_resolution(bench: Benchmark) -> int:
@@ -102,7 +113,7 @@ def plan_run(
     if protocol not in ("train", "trainval"):
         raise VddError(f"unknown protocol {protocol!r}: use train or trainval")
     if backbone_checkpoint is not None:
-        ckpt_spec, _, _ = load_checkpoint(backbone_checkpoint)
+        ckpt_spec = checkpoint_spec(backbone_checkpoint)
         if spec is not None and spec != ckpt_spec:
             raise VddError(f"{backbone_checkpoint} holds a {ckpt_spec}, not the requested {spec}")
         spec = ckpt_spec
