@@ -1,0 +1,81 @@
+"""`vdd submit` on the toy decathlon: the challenge file covers every test image once and scores, through
+`vdd score`, to the leaderboard's own numbers."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from vdd_bench.cli import main
+from vdd_bench.store import RunStore
+
+
+def invoke(*args: str) -> str:
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def swept(toy_root: Path, toy_backbone: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    results = tmp_path_factory.mktemp("submit-results")
+    invoke(
+        "sweep", "--benchmark", toy_root, "--methods", "finetune,feature", "--backbone-checkpoint",
+        toy_backbone, "--epoch-scale", "0.02", "--set", "batch_size=32", "--results", results,
+        "--no-progress",
+    )  # fmt: skip
+    return results
+
+
+def test_a_submission_round_trips_through_vdd_score_to_the_leaderboard(
+    toy_root: Path, swept: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "feature.json"
+    invoke("submit", "--method", "feature", "--benchmark", toy_root, "--results", swept, "-o", out)
+    entries = json.loads(out.read_text())
+    assert all(set(e) == {"image_id", "category_id"} for e in entries)
+    ids = [e["image_id"] for e in entries]
+    labels = [json.loads(f.read_text()) for f in sorted((toy_root / "annotations").glob("*_test.json"))]
+    assert sorted(ids) == sorted(a["image_id"] for doc in labels for a in doc["annotations"])
+
+    board = tmp_path / "board.json"
+    board.write_text(invoke("leaderboard", "--results", swept, "--format", "json"))
+    [group] = json.loads(board.read_text())
+    row = next(r for r in group["rows"] if r["method"] == "feature")
+    scored = json.loads(invoke("score", out, "--labels", toy_root, "--baselines", board, "--json"))["feature"]
+    assert scored["accuracy"] == pytest.approx(row["accuracy"], abs=1e-9)
+    assert scored["per_task"] == pytest.approx(row["score"], abs=1e-9)
+    assert scored["total"] == pytest.approx(row["score_total"], abs=1e-9)
+
+
+def test_a_submission_that_would_miss_images_is_refused_with_one_line(
+    toy_root: Path, swept: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "s.json"
+    result = CliRunner().invoke(
+        main, ["submit", "--method", "feature", "--seed", "1", "--benchmark", str(toy_root),
+               "--results", str(swept), "-o", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 2 and not out.exists()
+    assert result.output.startswith("error: no finished run of feature (seed 1) on task source")
+
+    store = RunStore(swept)
+    [record] = [r for r in store.done_records() if r["method"] == "finetune" and r["task"] == "colors"]
+    path = store.run_dir(record["run_id"]) / "predictions.npz"
+    saved = dict(np.load(path))
+    saved["test_image_ids"], saved["test_pred"] = saved["test_image_ids"][1:], saved["test_pred"][1:]
+    buffer = io.BytesIO()
+    np.savez(buffer, **saved)
+    path.write_bytes(buffer.getvalue())
+    result = CliRunner().invoke(
+        main, ["submit", "--method", "finetune", "--benchmark", str(toy_root),
+               "--results", str(swept), "-o", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 2 and not out.exists()
+    assert f"error: run {record['run_id']} (task colors) predicts" in result.output
+    assert "(1 missing, 0 not in the benchmark, 0 repeated)" in result.output
