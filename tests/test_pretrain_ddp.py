@@ -174,3 +174,32 @@ def test_submitit_tasks_resume_the_single_process_checkpoint(toy_root: Path, tmp
     assert record["history"][0] == first["history"][0]  # epoch 1 was resumed, not trained again
     assert not (folder / "checkpoint.pt").exists()
     assert [p.name for p in (results / "backbones").iterdir()] == [Path(paths[0]).name]
+
+
+@pytest.mark.slurm
+def test_pretrain_as_one_slurm_job_of_two_tasks(toy_root: Path, tmp_path: Path) -> None:
+    """`vdd pretrain --launcher slurm`: one job, 2 tasks (gloo on the CPU test cluster), one checkpoint."""
+    import os
+
+    from vdd_bench.slurm import scheduler
+
+    if not os.environ.get("SLURM_CONF") or not scheduler.reachable():
+        pytest.skip("no SLURM cluster reachable (start one: slurm/cluster/start.sh, then source its env.sh)")
+    profile = Path(__file__).resolve().parents[1] / "slurm" / "profiles" / "local-test.yaml"
+    results = tmp_path / "results"
+    args = ["pretrain", "--benchmark", str(toy_root), "--task", TASK, "--width", "0.25", "--no-progress"]
+    args += ["--set", "epochs=1", "--set", "batch_size=160", "--results", str(results)]
+    args += ["--launcher", "slurm", "--profile", str(profile), "--processes", "2", "--wait"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    path = Path(result.output.strip().splitlines()[-1])
+    bench = Benchmark.open(toy_root)
+    digest = plan_pretrain(bench, SPEC, TASK, overrides=ONE_STEP).config.digest()
+    assert path.name.endswith(f"-{digest}.pt")  # the single-process run's checkpoint name
+    assert [p.name for p in (results / "backbones").iterdir()] == [path.name]
+    _, state, meta = load_checkpoint(path)
+    how = meta["data_parallel"]
+    assert how["world_size"] == 2 and how["backend"] == "gloo"
+    model = build_backbone(SPEC, bench.tasks[TASK].num_classes)
+    model.load_state_dict(state)
+    assert how["rank_weights"] == [weights_digest(model)] * 2

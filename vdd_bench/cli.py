@@ -556,16 +556,18 @@ def pretrain(
 
 
 def _pretrain_on_slurm(bench, results, spec, task, overrides, processes, profile, wait, **options) -> None:
-    from vdd_bench.distributed import submit_pretrain
+    from vdd_bench.distributed import submit_pretrain, wait_for_job
     from vdd_bench.slurm.profile import SlurmProfile
 
     if profile is None:
         raise VddError("--launcher slurm needs --profile FILE (see slurm/profiles/)")
     job, out = submit_pretrain(
-        bench, results, spec, task, overrides, processes, SlurmProfile.from_file(profile), wait, **options
+        bench, results, spec, task, overrides, processes, SlurmProfile.from_file(profile), **options
     )
     if job is not None:
         click.echo(f"submitted job {job.job_id} ({job.paths.folder}): writes {out}", err=True)
+        if wait:
+            wait_for_job(job)
     click.echo(str(out))
 
 

@@ -328,7 +328,6 @@ def submit_pretrain(
     overrides: dict[str, Any] | None,
     processes: int | None,
     profile: Any,
-    wait: bool = False,
     resolution: int | None = None,
     epoch_scale: float = 1.0,
     out: Path | None = None,
@@ -338,7 +337,7 @@ def submit_pretrain(
     """`vdd pretrain` as one SLURM job of `processes` tasks on one node (default: one per GPU of the
     profile), one GPU each when the profile has GPUs, with the profile's partition, account, time limit,
     CPUs per task and requeue settings. Returns the submitit job (None when the checkpoint exists already)
-    and the checkpoint path; `wait` waits for the job and turns a failure into a VddError."""
+    and the checkpoint path."""
     from tasks.generic import source_task
     from vdd_bench.pretrain import default_checkpoint_path, plan_pretrain
     from vdd_bench.slurm.launcher import default_executor
@@ -360,13 +359,13 @@ def submit_pretrain(
     if profile.gpus:
         params["gpus_per_node"] = processes
     executor.update_parameters(**params)
-    submitted = executor.submit(job)
-    if wait:
-        try:
-            submitted.results()
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise VddError(
-                f"pretraining job {submitted.job_id} failed: {first} (logs: {executor.folder})"
-            ) from None
-    return submitted, out
+    return executor.submit(job), out
+
+
+def wait_for_job(job: Any) -> None:
+    """Until every task of a submitted job has returned; a failed task becomes a one-line VddError."""
+    try:
+        job.results()
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise VddError(f"pretraining job {job.job_id} failed: {first} (logs: {job.paths.folder})") from None
