@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -91,29 +92,57 @@ def augment_batch(
         raise ValueError(
             f"expected uint8 [B, 3, {spec.stored}, {spec.stored}], got {images.dtype} {tuple(images.shape)}"
         )
-    x = images
+    x, owned = images, False  # owned: x is a fresh tensor that may be changed in place
     if train and spec.random_crop:
         if spec.pad:
             x = F.pad(x.float(), (spec.pad,) * 4, mode="reflect")
         top = _randint(x.shape[-1] - spec.crop + 1, len(x), generator).to(x.device)
         left = _randint(x.shape[-1] - spec.crop + 1, len(x), generator).to(x.device)
-        x = crop_at(x, top, left, spec.crop)
+        x, owned = crop_at(x, top, left, spec.crop), True
     else:
         offset = int(round((spec.stored - spec.crop) / 2.0))  # torchvision's CenterCrop rounding
         x = x[..., offset : offset + spec.crop, offset : offset + spec.crop]
-    x = x.float() / 255.0
     if train and spec.flip:
         flip = (_rand(len(x), generator) < 0.5).to(x.device)
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        x = flip_where(x, flip, inplace=owned)
+    # exact and in place: the same float operations as (x / 255 - mean) / std, without temporaries
+    x = x.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+    x.div_(255.0)
     if train and spec.jitter > 0:
         x = _jitter(x, spec.jitter, generator)
     mean = torch.tensor(spec.mean, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(spec.std, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return x.sub_(mean).div_(std)
+
+
+def take(images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """images[index] along the first dimension. On CPU through numpy's take, which copies whole images
+    (several times faster than torch's advanced indexing of uint8 tensors)."""
+    if images.device.type == "cpu" and index.device.type == "cpu":
+        return torch.from_numpy(np.take(images.numpy(), index.numpy(), axis=0))
+    return images.index_select(0, index.to(images.device))
+
+
+def flip_where(x: torch.Tensor, flip: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """x with the images where `flip` is true mirrored horizontally (exact for any dtype); a copy unless
+    `inplace`."""
+    out = x if inplace else x.clone()
+    chosen = flip.nonzero().squeeze(1)
+    if len(chosen):
+        out[chosen] = out.index_select(0, chosen).flip(-1)
+    return out
 
 
 def crop_at(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int) -> torch.Tensor:
-    """x[i, :, top[i]:top[i]+size, left[i]:left[i]+size] for every i, as two batched gathers."""
+    """x[i, :, top[i]:top[i]+size, left[i]:left[i]+size] for every i, without a per-image loop.
+
+    On CPU: one fancy-indexed copy out of numpy's strided view of every window (whole rows at a time, an
+    order of magnitude faster than gathers); elsewhere two batched gathers."""
+    if x.device.type == "cpu" and top.device.type == "cpu" and left.device.type == "cpu":
+        from numpy.lib.stride_tricks import sliding_window_view
+
+        windows = sliding_window_view(x.numpy(), (size, size), axis=(2, 3))  # [B, C, H', W', size, size]
+        return torch.from_numpy(windows[np.arange(len(x)), :, top.numpy(), left.numpy()])
     b, c, _, w = x.shape
     steps = torch.arange(size, device=x.device)
     rows = (top[:, None] + steps)[:, None, :, None].expand(b, c, size, w)

@@ -81,3 +81,56 @@ def read_split(cache: Path, bench: Benchmark, index: SplitIndex, size: int) -> n
             "delete it and re-pack (`vdd data pack`)"
         )
     return images
+
+
+class BlockShuffleReader:
+    """Training batches of a packed split too large for memory (ImageNet at 72 px is about 19 GB).
+
+    Random reads of single images from HDF5 collapse, so every read here is a contiguous block of `block`
+    images, read whole into a preallocated buffer. An epoch visits the blocks in a random order, `window`
+    blocks at a time, and shuffles the images of those blocks together: each image is seen once per epoch,
+    memory holds `block * window` images. All randomness comes from the generator passed to `batches`.
+    """
+
+    def __init__(self, cache: Path, task: str, split: str = "train", block: int = 4096, window: int = 4):
+        import h5py
+
+        self.cache, self.key, self.block, self.window = Path(cache), f"{task}/{split}", block, window
+        with h5py.File(self.cache, "r") as h5:
+            if f"{self.key}/images" not in h5:
+                raise DataError(f"{cache}: no {self.key} images; pack it first (`vdd data pack`)")
+            self.shape = h5[f"{self.key}/images"].shape
+            self.labels = h5[f"{self.key}/labels"][()] if f"{self.key}/labels" in h5 else None
+        self._buffer = np.empty((min(block * window, self.shape[0]), *self.shape[1:]), dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def batches(self, generator, batch_size: int):
+        """Yields (uint8 images [B, 3, S, S], int64 labels [B] or None) covering the split once."""
+        import h5py
+        import torch
+
+        from vdd_bench.augment import take
+
+        n = self.shape[0]
+        starts = list(range(0, n, self.block))
+        order = torch.randperm(len(starts), generator=generator).tolist()
+        with h5py.File(self.cache, "r") as h5:
+            images = h5[f"{self.key}/images"]
+            for w in range(0, len(order), self.window):
+                filled, ids = 0, []
+                for b in order[w : w + self.window]:
+                    start, stop = starts[b], min(starts[b] + self.block, n)
+                    images.read_direct(self._buffer, np.s_[start:stop], np.s_[filled : filled + stop - start])
+                    ids.append(np.arange(start, stop))
+                    filled += stop - start
+                index = np.concatenate(ids)
+                perm = torch.randperm(filled, generator=generator)
+                buffer = torch.from_numpy(self._buffer[:filled])
+                for s in range(0, filled, batch_size):
+                    chosen = perm[s : s + batch_size]
+                    labels = None
+                    if self.labels is not None:
+                        labels = torch.from_numpy(self.labels[index[chosen.numpy()]])
+                    yield take(buffer, chosen), labels

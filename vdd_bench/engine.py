@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from vdd_bench.augment import AugmentSpec, augment_batch
+from vdd_bench.augment import AugmentSpec, augment_batch, take
 from vdd_bench.device import Device
 from vdd_bench.errors import VddError
 from vdd_bench.method import Method, Phase, TaskContext
@@ -185,7 +185,7 @@ class Trainer:
                 continue
             if self.dist is not None and not self.dist.trains_on(len(batch)):
                 continue
-            images = augment_batch(data.images[batch], augment, train=True, generator=generator)
+            images = augment_batch(take(data.images, batch), augment, train=True, generator=generator)
             labels, scale = data.labels[batch], 1.0
             if self.dist is not None:  # the whole batch's augmentation is drawn, as in one process
                 images, labels, scale = self.dist.shard(images, labels)

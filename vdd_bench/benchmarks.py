@@ -1,0 +1,627 @@
+"""`vdd bench`: the harness's speed as ratios against baselines measured in the same process.
+
+Sections (each a list of rows with a value, its baseline and their ratio):
+- ``data``: images per second of one training epoch through the harness's read path (HDF5 cache read +
+  batched crop, flip and normalise) against the usual loader (PIL JPEG decode + torchvision per-image
+  transforms in a DataLoader with the same number of workers) over the same images, and against copying
+  the same bytes in memory (the physical limit); also the block-shuffle reader for splits beyond memory.
+- ``methods``: training step time of each method relative to fine-tuning (``bench/method_costs.py``).
+- ``tailored``: each NetTailor model's inference latency ratio against its fine-tuned teacher next to its
+  MACs ratio (finished ``nettailor`` runs; randomly pruned students when there are none).
+- ``bundle``: `vdd export` bundles of the finished runs: size against separately fine-tuned networks and
+  the task-switch time.
+- ``harness``: `vdd leaderboard` over 10,000 run records, a sweep dry-run of 80 runs, `import vdd_bench`.
+
+Nothing here asserts a timing; the numbers depend on the machine and its load, which the report states.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+SECTIONS = ("data", "methods", "tailored", "bundle", "harness")
+MINI_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "mini-decathlon"
+_REPO = Path(__file__).resolve().parents[1]
+HARNESS_TARGET_S = 2.0
+
+
+@dataclass
+class BenchOptions:
+    quick: bool = False
+    sections: list[str] | None = None
+    data_root: Path | None = None
+    nettailor_results: Path | None = None
+    workers: int = 2
+
+
+def _row(
+    section: str, name: str, value: float, unit: str, baseline: str, base: float, goal: str = ""
+) -> dict:
+    return {
+        "section": section,
+        "measure": name,
+        "value": value,
+        "unit": unit,
+        "baseline": baseline,
+        "baseline_value": base,
+        "ratio": value / base if base else float("nan"),
+        "goal": goal,
+    }
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------------------------- data
+
+
+def _data_root(options: BenchOptions, tmp: Path) -> Path:
+    if options.data_root is not None:
+        return options.data_root
+    if not options.quick and (MINI_ROOT / "annotations").is_dir():
+        return MINI_ROOT
+    return _toy(tmp)
+
+
+def _toy(tmp: Path) -> Path:
+    """The toy benchmark, generated once per `vdd bench` (its marker makes a second call free)."""
+    from tasks.toy import generate_toy
+
+    return generate_toy(tmp.parent / "toy")
+
+
+class _JpegDataset(torch.utils.data.Dataset):
+    """The usual loader: PIL decode + torchvision transforms, one image at a time."""
+
+    def __init__(self, files: list[Path], labels: np.ndarray, size: int, crop: int, mean, std) -> None:
+        from torchvision import transforms
+
+        self.files, self.labels = files, labels
+        self.transform = transforms.Compose(
+            [
+                transforms.Resize(size),
+                transforms.CenterCrop(size),
+                transforms.RandomCrop(crop),
+                transforms.RandomHorizontalFlip(),
+                transforms.ToTensor(),
+                transforms.Normalize(mean, std),
+            ]
+        )
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        with Image.open(self.files[i]) as img:
+            return self.transform(img.convert("RGB")), int(self.labels[i])
+
+
+def _best(fn: Callable[[], float], repeats: int) -> float:
+    return min(fn() for _ in range(repeats))
+
+
+def bench_data(options: BenchOptions, tmp: Path) -> tuple[list[dict], dict]:
+    from vdd_bench.augment import augment_batch, make_spec, take
+    from vdd_bench.benchmark import Benchmark
+    from vdd_bench.cache import BlockShuffleReader, pack, read_split
+    from vdd_bench.normalization import channel_mean_std
+
+    root = _data_root(options, tmp)
+    bench = Benchmark.open(root)
+    pick = min if options.quick else max  # quick: the smallest task; else the largest
+    task = pick(bench.task_names(), key=lambda t: len(bench.split(t, "train")))
+    size = 36 if bench.kind == "toy" else 72
+    index = bench.split(task, "train")
+    cache = pack(bench, tmp / "cache.h5", size, [task], progress=False)
+    batch, workers = 128, options.workers
+    n = len(index)
+
+    def harness_epoch(seed: int) -> float:
+        """Cache read (whole contiguous dataset) + one epoch of shuffled, augmented batches."""
+        start = time.perf_counter()
+        images = torch.from_numpy(read_split(cache, bench, index, size))
+        spec = make_spec("residual_adapters", "any-task", size, *channel_mean_std(images[:256].numpy()))
+        generator = torch.Generator().manual_seed(seed)
+        order = torch.randperm(n, generator=generator)
+        for s in range(0, n, batch):
+            augment_batch(take(images, order[s : s + batch]), spec, train=True, generator=generator)
+        return n / (time.perf_counter() - start)
+
+    def block_epoch(seed: int) -> float:
+        start = time.perf_counter()
+        reader = BlockShuffleReader(cache, task, "train", block=1024, window=2)
+        spec = make_spec("residual_adapters", "any-task", size, (0.5,) * 3, (0.25,) * 3)
+        generator = torch.Generator().manual_seed(seed)
+        for images, _ in reader.batches(generator, batch):
+            augment_batch(images, spec, train=True, generator=generator)
+        return n / (time.perf_counter() - start)
+
+    files = [bench.root / f for f in index.files]
+    crop = round(size * 64 / 72)
+
+    def baseline_epoch(seed: int) -> float:
+        dataset = _JpegDataset(files, index.labels, size, crop, (0.5,) * 3, (0.25,) * 3)
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch,
+            shuffle=True,
+            num_workers=workers,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        start = time.perf_counter()
+        for _ in loader:
+            pass
+        return n / (time.perf_counter() - start)
+
+    packed = read_split(cache, bench, index, size)
+    target = np.empty_like(packed)
+
+    def memcopy(seed: int) -> float:
+        start = time.perf_counter()
+        np.copyto(target, packed)
+        return n / (time.perf_counter() - start)
+
+    repeats = 1 if options.quick else 3
+    with _threads(workers):
+        harness_epoch(0)  # warm-up: lazy imports and first-call allocations
+        ours = _best(lambda: harness_epoch(0), repeats)
+        block = _best(lambda: block_epoch(0), repeats)
+        base = _best(lambda: baseline_epoch(0), 1 if options.quick else 2)
+        copy = _best(lambda: memcopy(0), 5)
+    setup = {
+        "data": f"{bench.name} ({bench.kind}) task {task}: {n} images stored at {size} px, batch {batch}"
+    }
+    rows = [
+        _row(
+            "data",
+            "harness read path, img/s",
+            ours,
+            "img/s",
+            f"PIL+torchvision, {workers} workers",
+            base,
+            ">= 50",
+        ),
+        _row(
+            "data",
+            "harness read path, img/s",
+            ours,
+            "img/s",
+            "memory copy of the same bytes",
+            copy,
+            ">= 0.25",
+        ),
+        _row(
+            "data", "block-shuffle reader, img/s", block, "img/s", f"PIL+torchvision, {workers} workers", base
+        ),
+        _row("data", "block-shuffle reader, img/s", block, "img/s", "memory copy of the same bytes", copy),
+    ]
+    return rows, setup
+
+
+# ---------------------------------------------------------------------------------------- methods
+
+
+def _bench_script(name: str):
+    path = _REPO / "bench" / f"{name}.py"
+    if not path.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location(f"vdd_bench_script_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def bench_methods(options: BenchOptions) -> tuple[list[dict], dict]:
+    costs = _bench_script("method_costs")
+    if costs is None:
+        return [], {"methods": "bench/method_costs.py not found (not a source checkout)"}
+    args = ["--json", "--threads", str(options.workers)]
+    if options.quick:
+        args += ["--width", "0.25", "--size", "32", "--batch", "4", "--steps", "1", "--warmup", "1"]
+    with contextlib.redirect_stdout(open(os.devnull, "w")):  # noqa: SIM115 - closed with the process
+        rows = costs.main(args)
+    base = next(r for r in rows if r["method"] == "finetune")
+    batch = 4 if options.quick else 32
+    out = []
+    for r in rows:
+        if r["method"] == "finetune":
+            continue
+        out.append(
+            _row(
+                "methods",
+                f"{r['method']} training, img/s",
+                batch / r["step_s"],
+                "img/s",
+                "finetune",
+                batch / base["step_s"],
+            )
+        )
+    model = "resnet26 w0.25 at 32 px, batch 4" if options.quick else "resnet26 at 64 px, batch 32"
+    return out, {"methods": f"{model}, {options.workers} threads, fp32 on CPU"}
+
+
+# --------------------------------------------------------------------------------------- tailored
+
+
+def _nettailor_records(results: Path | None) -> list[dict[str, Any]]:
+    from vdd_bench.store import RunStore
+
+    if results is None:
+        return []
+    return [r for r in RunStore(results).done_records() if r["config"]["method"] == "nettailor"]
+
+
+def bench_tailored(options: BenchOptions) -> tuple[list[dict], dict]:
+    from vdd_bench.backbones import BackboneSpec, build_backbone
+    from vdd_bench.method import TaskContext, get_method
+    from vdd_bench.runner import load_run_model
+    from vdd_bench.store import RunStore
+
+    records = _nettailor_records(options.nettailor_results)
+    rows = []
+    batch, repeats = (8, 3) if options.quick else (32, 9)
+    with _threads(options.workers):
+        if records:
+            store = RunStore(options.nettailor_results)
+            method = get_method("nettailor")
+            for r in records:
+                config = r["config"]
+                spec = BackboneSpec.from_dict(
+                    {k: v for k, v in config["backbone"].items() if k != "checkpoint"}
+                )
+                state, structure = load_run_model(store.run_dir(r["run_id"]))
+                size = r["accounting"]["input_size"]
+                pretrained_like = build_backbone(spec, r["num_classes"]).state_dict()
+                ctx = TaskContext(
+                    r["task"],
+                    r["num_classes"],
+                    spec,
+                    pretrained_like,
+                    r["num_classes"],
+                    config["hparams"],
+                    size,
+                )
+                model = method.inference_model(ctx, structure)
+                model.load_state_dict(state)
+                teacher_state, _ = load_run_model(store.run_dir(config["inputs"]["teacher"]))
+                teacher = build_backbone(spec, r["num_classes"])
+                teacher.load_state_dict(teacher_state)
+                rows.append(
+                    _tailored_row(f"{r['task']} ({r['run_id'][-6:]})", model, teacher, size, batch, repeats)
+                )
+            source = f"{len(records)} finished nettailor runs"
+        else:
+            from methods._nettailor_graph import TailoredNet, choose_paths, parse_skips
+
+            spec, size = (
+                BackboneSpec("resnet26", width=0.25 if options.quick else 1.0),
+                32 if options.quick else 64,
+            )
+            torch.manual_seed(0)
+            teacher = build_backbone(spec, 10)
+            for k in (0, 4, 8):
+                torch.manual_seed(0)
+                model = TailoredNet(build_backbone(spec, 10), parse_skips("3"), size)
+                with torch.no_grad():
+                    for logits in model.logits.values():
+                        logits.normal_(0.0, 2.0)
+                model.restrict(choose_paths(model, k, 0.05))
+                rows.append(
+                    _tailored_row(f"random student, {k} blocks removed", model, teacher, size, batch, repeats)
+                )
+            source = "no finished nettailor runs: randomly pruned students"
+    return rows, {"tailored": f"{source}; batch {batch}, CPU {options.workers} threads"}
+
+
+def _tailored_row(name: str, model, teacher, size: int, batch: int, repeats: int) -> dict:
+    from methods.nettailor import median_forward_seconds
+    from vdd_bench.accounting import count_macs
+
+    images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    tailored_s = median_forward_seconds(model.eval(), images, repeats)
+    teacher_s = median_forward_seconds(teacher.eval(), images, repeats)
+    macs_ratio = count_macs(model, size) / count_macs(teacher, size)
+    latency_ratio = tailored_s / teacher_s
+    row = _row(
+        "tailored", f"{name}: latency ratio", latency_ratio, "x teacher", "MACs ratio", macs_ratio, "<= 1.25"
+    )
+    row["latency_ms"], row["teacher_ms"] = 1000 * tailored_s, 1000 * teacher_s
+    return row
+
+
+# ----------------------------------------------------------------------------------------- bundle
+
+
+def bench_bundle(options: BenchOptions, tmp: Path) -> tuple[list[dict], dict]:
+    from vdd_bench.bundle import Bundle, export
+    from vdd_bench.errors import VddError
+
+    records = _nettailor_records(options.nettailor_results)
+    if not records:
+        return [], {"bundle": "no finished runs to bundle (pass --nettailor-results or --results)"}
+    rows, notes = [], []
+    bench_root = _benchmark_root(options.nettailor_results)
+    for method in ("nettailor", "finetune"):
+        try:
+            summary = export(method, options.nettailor_results, bench_root, tmp / f"{method}.pt")
+        except VddError as exc:
+            notes.append(f"{method}: {exc}")
+            continue
+        switch = Bundle.load(tmp / f"{method}.pt").switch_seconds()
+        n = len(summary.tasks)
+        rows.append(
+            _row(
+                "bundle",
+                f"{method} bundle, {n} tasks, MiB",
+                summary.bundle_bytes / 2**20,
+                "MiB",
+                f"{n} fine-tuned networks",
+                summary.finetuned_bytes / 2**20,
+            )
+        )
+        rows.append(_row("bundle", f"{method} task switch, ms", 1000 * switch, "ms", "", 0.0))
+    return rows, {"bundle": "; ".join(notes) if notes else f"runs of {options.nettailor_results}"}
+
+
+def _benchmark_root(results: Path) -> Path:
+    """The benchmark root of a run store's runs: a `toy` folder beside it, as `vdd demo` leaves it."""
+    for candidate in (results.parent / "toy", results / "toy"):
+        if (candidate / "annotations").is_dir():
+            return candidate
+    raise FileNotFoundError(f"no benchmark root found beside {results}")
+
+
+# ---------------------------------------------------------------------------------------- harness
+
+_TEMPLATE_TASKS = [
+    "source",
+    "colors",
+    "shapes",
+    "pedestrians",
+    "stripes",
+    "digits",
+    "textures",
+    "quadrants",
+    "signs",
+    "glyphs",
+]
+_TEMPLATE_METHODS = [
+    "finetune",
+    "feature",
+    "scratch",
+    "adapters_series",
+    "adapters_parallel",
+    "piggyback",
+    "dan",
+]
+
+
+def synthetic_records(count: int) -> Iterator[dict[str, Any]]:
+    """`count` plausible finished-run records on one toy benchmark: methods x tasks x lr x seeds."""
+    benchmark = {
+        "fingerprint": "0123456789ab",
+        "kind": "toy",
+        "name": "toy-decathlon",
+        "tasks": _TEMPLATE_TASKS,
+    }
+    i = 0
+    for seed in range(10**6):
+        for lr in (0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001, 0.0005, 0.0002, 0.0001):
+            for method in _TEMPLATE_METHODS:
+                for task in _TEMPLATE_TASKS:
+                    if i == count:
+                        return
+                    i += 1
+                    run_id = f"{method}--{task}--{i:012x}"
+                    config = {
+                        "backbone": {
+                            "checkpoint": "0c9bad86a969",
+                            "name": "resnet26",
+                            "stem_relu": False,
+                            "width": 0.25,
+                        },
+                        "benchmark": benchmark["fingerprint"],
+                        "benchmark_kind": "toy",
+                        "extra": {},
+                        "hparams": {"epochs": 8, "lr": lr, "batch_size": 64},
+                        "inputs": {},
+                        "method": method,
+                        "protocol": "train",
+                        "recipe": "residual_adapters",
+                        "resolution": 36,
+                        "seed": seed,
+                        "task": task,
+                    }
+                    yield {
+                        "format": "vdd-record/1",
+                        "run_id": run_id,
+                        "config": config,
+                        "benchmark": benchmark,
+                        "task": task,
+                        "method": method,
+                        "internal": False,
+                        "num_classes": 4,
+                        "official_baseline_acc": None,
+                        "method_report": {},
+                        "metrics": {"test_acc": 50.0 + (i % 50), "val_acc": 50.0 + (i % 40)},
+                        "accounting": {
+                            "input_size": 32,
+                            "macs": 13492480,
+                            "params_shared": 0,
+                            "params_task": 365292,
+                            "params_task_equiv": 367228.0,
+                            "params_total": 365292,
+                            "task_bytes": 1468912,
+                        },
+                        "history": [],
+                        "timing": {"train_s": 1.0, "eval_s": 0.1},
+                    }
+
+
+def bench_harness(options: BenchOptions, tmp: Path) -> tuple[list[dict], dict]:
+    from click.testing import CliRunner
+
+    from vdd_bench.backbones import BackboneSpec, build_backbone, save_checkpoint
+    from vdd_bench.cli import main
+
+    count = 500 if options.quick else 10_000
+    store = tmp / "records"
+    for record in synthetic_records(count):
+        folder = store / "runs" / record["run_id"]
+        folder.mkdir(parents=True)
+        (folder / "record.json").write_text(json.dumps(record))
+        (folder / "done").write_bytes(b"")
+    runner = CliRunner()
+    start = time.perf_counter()
+    result = runner.invoke(main, ["leaderboard", "--results", str(store)])
+    leaderboard_s = time.perf_counter() - start
+    if result.exit_code != 0:
+        raise RuntimeError(f"vdd leaderboard failed: {result.output}")
+
+    toy = _toy(tmp)
+    checkpoint = tmp / "backbone.pt"
+    save_checkpoint(checkpoint, build_backbone(BackboneSpec("resnet26", width=0.25), 10), {"task": "source"})
+    methods = "finetune,feature,scratch,adapters_series,adapters_parallel,piggyback,dan,nettailor"
+    start = time.perf_counter()
+    result = runner.invoke(
+        main,
+        [
+            "sweep",
+            "--benchmark",
+            str(toy),
+            "--methods",
+            methods,
+            "--backbone-checkpoint",
+            str(checkpoint),
+            "--results",
+            str(tmp / "sweep-results"),
+            "--dry-run",
+        ],
+    )
+    sweep_s = time.perf_counter() - start
+    if result.exit_code != 0:
+        raise RuntimeError(f"vdd sweep --dry-run failed: {result.output}")
+    planned = len(methods.split(",")) * 10
+
+    def import_seconds(code: str) -> float:
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    python_s = import_seconds("pass")
+    import_s = import_seconds("import vdd_bench.cli") - python_s
+    rows = [
+        _row(
+            "harness",
+            f"vdd leaderboard, {count} records, s",
+            leaderboard_s,
+            "s",
+            "2 s target",
+            HARNESS_TARGET_S,
+            "<= 1",
+        ),
+        _row(
+            "harness",
+            f"vdd sweep --dry-run, {planned} runs, s",
+            sweep_s,
+            "s",
+            "2 s target",
+            HARNESS_TARGET_S,
+            "<= 1",
+        ),
+        _row("harness", "import vdd_bench.cli, s", import_s, "s", "2 s target", HARNESS_TARGET_S, "<= 1"),
+    ]
+    return rows, {"harness": "in-process CLI calls; import time beyond a bare interpreter start"}
+
+
+# ------------------------------------------------------------------------------------------ report
+
+
+def run_benchmarks(options: BenchOptions) -> dict[str, Any]:
+    sections = options.sections or list(SECTIONS)
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        from vdd_bench.errors import VddError
+
+        raise VddError(f"unknown bench sections {sorted(unknown)}: choose from {', '.join(SECTIONS)}")
+    rows: list[dict] = []
+    setup: dict[str, Any] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
+        + ("GPU: " + torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"),
+        "load average": " ".join(f"{v:.1f}" for v in os.getloadavg()),
+        "torch": torch.__version__,
+        "quick": options.quick,
+    }
+    with tempfile.TemporaryDirectory(prefix="vdd-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        for section in sections:
+            start = time.perf_counter()
+            if section == "data":
+                found, notes = bench_data(options, tmp / "data")
+            elif section == "methods":
+                found, notes = bench_methods(options)
+            elif section == "tailored":
+                found, notes = bench_tailored(options)
+            elif section == "bundle":
+                found, notes = bench_bundle(options, tmp / "bundle")
+            else:
+                found, notes = bench_harness(options, tmp / "harness")
+            rows += found
+            setup.update(notes)
+            setup[f"{section} took s"] = round(time.perf_counter() - start, 1)
+    setup["load average after"] = " ".join(f"{v:.1f}" for v in os.getloadavg())
+    return {"setup": setup, "rows": rows}
+
+
+def render(report: dict[str, Any]) -> str:
+    from tabulate import tabulate
+
+    lines = [f"{k}: {v}" for k, v in report["setup"].items()]
+    table = [
+        [
+            r["section"],
+            r["measure"],
+            _fmt(r["value"]),
+            r["baseline"],
+            _fmt(r["baseline_value"]) if r["baseline"] else "",
+            f"{r['ratio']:.3g}" if r["baseline"] else "",
+            r["goal"],
+        ]
+        for r in report["rows"]
+    ]
+    headers = ["section", "measure", "value", "baseline", "baseline value", "ratio", "goal (ratio)"]
+    return "\n".join(lines) + "\n\n" + tabulate(table, headers, tablefmt="github")
+
+
+def _fmt(value: float) -> str:
+    if value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
