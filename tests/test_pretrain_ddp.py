@@ -22,7 +22,7 @@ from torch import nn
 from vdd_bench.backbones import BackboneSpec, build_backbone, load_checkpoint
 from vdd_bench.benchmark import Benchmark
 from vdd_bench.cli import main
-from vdd_bench.distributed import GlobalBatchNorm2d, SubmititPretrain, weights_digest
+from vdd_bench.distributed import Distributed, GlobalBatchNorm2d, SubmititPretrain, weights_digest
 from vdd_bench.errors import VddError
 from vdd_bench.pretrain import plan_pretrain, pretrain
 from vdd_bench.runner import execute
@@ -65,6 +65,21 @@ def test_run_id_batch_split_and_batchnorm_mode(toy_root: Path) -> None:
         "error: batch_size 33 is not divisible by 2 processes: "
         "pick a batch size that is a multiple of the process count"
     ]
+
+
+def test_shards_of_a_short_last_batch() -> None:
+    """5 images on 2 ranks: 3 and 2, weighted so that DDP's average is the mean loss of the 5."""
+    images, labels = torch.arange(5).view(5, 1).float(), torch.arange(5)
+    shards = [Distributed(rank, 2).shard(images, labels) for rank in (0, 1)]
+    assert [s[1].tolist() for s in shards] == [[0, 1, 2], [3, 4]]
+    assert [s[2] for s in shards] == [pytest.approx(6 / 5), pytest.approx(4 / 5)]
+    losses = torch.tensor([0.3, 1.1, 2.0, 0.7, 5.0])  # per image; each rank's loss is its shard's mean
+    averaged = sum(scale * losses[mine].mean() for _, mine, scale in shards) / 2  # DDP's average
+    assert float(averaged) == pytest.approx(float(losses.mean()))
+    assert Distributed(0, 2).trains_on(2) and not Distributed(0, 2).trains_on(1)
+    assert not Distributed(0, 4).trains_on(3)  # a rank would get no image
+    assert not Distributed(0, 2, sync_bn=False).trains_on(3)  # a rank's BatchNorm would see one image
+    assert Distributed(0, 2, sync_bn=False).trains_on(4)
 
 
 def test_global_batchnorm_is_batchnorm_in_one_process(tmp_path: Path) -> None:
