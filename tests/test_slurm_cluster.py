@@ -194,3 +194,34 @@ def test_an_sbatch_refusal_is_one_line(toy_root: Path, toy_backbone: Path, tmp_p
     assert refused.exit_code == 2, refused.output
     [line] = refused.output.splitlines()
     assert line.startswith("error: sbatch failed for feature (level 0): sbatch: error: invalid partition")
+
+
+def test_a_failed_chain_step_cancels_the_next_instead_of_leaving_it_pending(
+    toy_root: Path, toy_backbone: Path, tmp_path: Path
+) -> None:
+    args = ["sweep", "--benchmark", str(toy_root), "--methods", "packnet", "--tasks", "colors,shapes"]
+    args += ["--backbone-checkpoint", str(toy_backbone), "--epoch-scale", "0.02", "--set", "batch_size=32"]
+    args += ["--results", str(tmp_path), "--launcher", "slurm", "--profile", str(PROFILE), "--wait"]
+    cli = CliRunner()
+    first, second = [
+        line.split("\t")[1] for line in cli.invoke(main, [*args, "--dry-run"]).output.splitlines()
+    ]
+    folder = RunStore(tmp_path).run_dir(first)
+    folder.mkdir(parents=True)
+    (folder / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    launched = cli.invoke(main, args)
+    assert launched.exit_code == 1 and "2 submitted in 2 job array(s)" in launched.output, launched.output
+    deadline = time.monotonic() + 30
+    while True:  # the accounting may take a moment to record the cancellation
+        shown = cli.invoke(main, ["status", "--results", str(tmp_path), "--json"]).output
+        states = {s["run_id"]: s for s in json.loads(shown)}
+        if states[second]["state"] != "todo" or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert states[first]["state"] == "failed" and states[first]["error"].endswith(
+        "delete it to restart the run"
+    )
+    assert states[second]["state"] == "failed"
+    assert (
+        states[second]["error"] == f"job {states[second]['job_id']} ended CANCELLED without finishing the run"
+    )

@@ -15,6 +15,8 @@ of an earlier launch or cluster can never be read as this one's.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import secrets
 import time
 from collections.abc import Callable
@@ -173,8 +175,8 @@ class SlurmLauncher:
                 job_name=f"vdd-{group.method.replace(':', '_')}-L{group.level}",
                 additional_parameters=extra,
             )
-            try:
-                with executor.batch():
+            try:  # submitit prints sbatch's complaints itself: they reach the user in the error below
+                with contextlib.redirect_stderr(io.StringIO()), executor.batch():
                     jobs = [
                         executor.submit(RunJob(request, str(self.results), self.device))
                         for request in group.requests
