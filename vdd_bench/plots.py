@@ -109,8 +109,11 @@ def accuracy_vs_params(group: Group, out: Path, formats: tuple[str, ...] = FIGUR
 
 
 def score_vs_macs(group: Group, out: Path, formats: tuple[str, ...] = FIGURE_FORMATS) -> list[Path] | None:
-    """Decathlon score against average GMACs per task, per method; None when no row has a score."""
-    rows = [r for r in group.rows if r.score_total is not None and r.macs]
+    """Decathlon score against average GMACs per task, per method; None when no row has a score.
+
+    Published scores are totals over the whole benchmark: they are drawn only when the group covers it."""
+    whole = len(group.tasks) == group.benchmark_tasks
+    rows = [r for r in group.rows if r.score_total is not None and r.macs and (whole or not r.published)]
     if not rows:
         return None
     plt = _pyplot()
@@ -130,7 +133,8 @@ def score_vs_macs(group: Group, out: Path, formats: tuple[str, ...] = FIGURE_FOR
         )
     ax.set_xlabel("average GMACs per task (multiply-accumulates, the papers' GFLOPs)")
     ax.set_ylabel("decathlon score")
-    ax.set_title(f"{group.name}: score vs compute", fontsize=10)
+    coverage = "" if whole else f" ({len(group.tasks)} of {group.benchmark_tasks} tasks)"
+    ax.set_title(f"{group.name}: score vs compute{coverage}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.margins(x=0.25, y=0.08)
     fig.tight_layout()
