@@ -98,11 +98,15 @@ def augment_batch(
             x = F.pad(x.float(), (spec.pad,) * 4, mode="reflect")
         top = _randint(x.shape[-1] - spec.crop + 1, len(x), generator).to(x.device)
         left = _randint(x.shape[-1] - spec.crop + 1, len(x), generator).to(x.device)
-        x, owned = crop_at(x, top, left, spec.crop), True
+        if spec.flip and x.device.type == "cpu":  # one copy: each window read in its final orientation
+            flip = (_rand(len(x), generator) < 0.5).to(x.device)
+            x, owned = crop_at(x, top, left, spec.crop, flip), True
+        else:
+            x, owned = crop_at(x, top, left, spec.crop), True
     else:
         offset = int(round((spec.stored - spec.crop) / 2.0))  # torchvision's CenterCrop rounding
         x = x[..., offset : offset + spec.crop, offset : offset + spec.crop]
-    if train and spec.flip:
+    if train and spec.flip and not (spec.random_crop and x.device.type == "cpu"):
         flip = (_rand(len(x), generator) < 0.5).to(x.device)
         x = flip_where(x, flip, inplace=owned)
     # exact and in place: the same float operations as (x / 255 - mean) / std, without temporaries
@@ -133,16 +137,31 @@ def flip_where(x: torch.Tensor, flip: torch.Tensor, inplace: bool = False) -> to
     return out
 
 
-def crop_at(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int) -> torch.Tensor:
-    """x[i, :, top[i]:top[i]+size, left[i]:left[i]+size] for every i, without a per-image loop.
+def crop_at(
+    x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int, flip: torch.Tensor | None = None
+) -> torch.Tensor:
+    """x[i, :, top[i]:top[i]+size, left[i]:left[i]+size] for every i (mirrored where `flip`, CPU only),
+    without a per-image loop.
 
-    On CPU: one fancy-indexed copy out of numpy's strided view of every window (whole rows at a time, an
-    order of magnitude faster than gathers); elsewhere two batched gathers."""
+    On CPU: fancy-indexed copies out of numpy's strided views of every window (whole rows at a time, an
+    order of magnitude faster than gathers); a flipped crop is the window of the mirrored view at the
+    mirrored offset, so cropping and flipping cost one copy. Elsewhere: two batched gathers."""
     if x.device.type == "cpu" and top.device.type == "cpu" and left.device.type == "cpu":
         from numpy.lib.stride_tricks import sliding_window_view
 
-        windows = sliding_window_view(x.numpy(), (size, size), axis=(2, 3))  # [B, C, H', W', size, size]
-        return torch.from_numpy(windows[np.arange(len(x)), :, top.numpy(), left.numpy()])
+        array, top_, left_ = x.numpy(), top.numpy(), left.numpy()
+        windows = sliding_window_view(array, (size, size), axis=(2, 3))  # [B, C, H', W', size, size]
+        if flip is None or not bool(flip.any()):
+            return torch.from_numpy(windows[np.arange(len(x)), :, top_, left_])
+        mirrored = sliding_window_view(array[..., ::-1], (size, size), axis=(2, 3))
+        flip_ = flip.numpy()
+        out = np.empty((len(x), x.shape[1], size, size), dtype=array.dtype)
+        keep, turn = np.nonzero(~flip_)[0], np.nonzero(flip_)[0]
+        out[keep] = windows[keep, :, top_[keep], left_[keep]]
+        out[turn] = mirrored[turn, :, top_[turn], x.shape[-1] - size - left_[turn]]
+        return torch.from_numpy(out)
+    if flip is not None:
+        raise ValueError("crop_at flips on CPU only; use flip_where on other devices")
     b, c, _, w = x.shape
     steps = torch.arange(size, device=x.device)
     rows = (top[:, None] + steps)[:, None, :, None].expand(b, c, size, w)
