@@ -78,15 +78,16 @@ def accuracy_rows(
     return out
 
 
-def read_baselines(path: Path) -> dict[str, float]:
+def read_baselines(path: Path) -> tuple[dict[str, float], bool]:
     """{task: baseline accuracy %}, or the output of `vdd leaderboard --format json` for one benchmark
-    group, whose fine-tuning row then gives the baselines (as the leaderboard itself scores that group)."""
+    group, whose fine-tuning row then gives the baselines; True for the latter, which is then scored as the
+    leaderboard scores that group (accuracies above MAX_SCORED_ACC count as that)."""
     content = read_json(path)
     if isinstance(content, list):
-        return _leaderboard_baselines(path, content)
+        return _leaderboard_baselines(path, content), True
     if not isinstance(content, dict) or not all(isinstance(v, (int, float)) for v in content.values()):
         raise VddError(f"{path}: baselines must be a JSON object {{task: baseline accuracy %}}")
-    return {k: float(v) for k, v in content.items()}
+    return {k: float(v) for k, v in content.items()}, False
 
 
 def _leaderboard_baselines(path: Path, groups: list) -> dict[str, float]:
@@ -112,10 +113,10 @@ def _leaderboard_baselines(path: Path, groups: list) -> dict[str, float]:
 def score_file(
     path: Path, labels: Path | None = None, as_json: bool = False, baselines_file: Path | None = None
 ) -> str:
-    """Official baselines for decathlon tasks; `baselines_file` ({task: acc %}) for any other benchmark,
-    scored as the leaderboard scores such a benchmark (accuracies above MAX_SCORED_ACC count as that)."""
-    baselines = read_baselines(baselines_file) if baselines_file else official_baselines()
-    cap = (lambda a: min(a, MAX_SCORED_ACC)) if baselines_file else (lambda a: a)
+    """Official baselines for decathlon tasks; `baselines_file` ({task: acc %}, or a leaderboard JSON) for
+    any other benchmark."""
+    baselines, capped = read_baselines(baselines_file) if baselines_file else (official_baselines(), False)
+    cap = (lambda a: min(a, MAX_SCORED_ACC)) if capped else (lambda a: a)
     results = {}
     for name, accs in accuracy_rows(path, labels, known=None if baselines_file else DECATHLON).items():
         unknown = [t for t in accs if t not in baselines]
