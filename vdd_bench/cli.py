@@ -753,7 +753,10 @@ def export_bundle(
     default=None,
     help="Run store with finished nettailor runs (default: --results).",
 )
-@click.option("--workers", type=int, default=2, show_default=True, help="Loader workers (baseline and ours).")
+@click.option(
+    "--workers", type=int, default=2, show_default=True, help="Worker processes of the baseline loader."
+)
+@click.option("--threads", type=int, default=1, show_default=True, help="Torch threads for model timings.")
 @RESULTS
 def bench(
     as_json: bool,
@@ -762,6 +765,7 @@ def bench(
     data_root: Path | None,
     nettailor_results: Path | None,
     workers: int,
+    threads: int,
     results: Path,
 ) -> None:
     """Measure the harness's speed as ratios against baselines on this machine, and print them."""
@@ -773,6 +777,7 @@ def bench(
         data_root=data_root,
         nettailor_results=nettailor_results or results,
         workers=workers,
+        threads=threads,
     )
     report = run_benchmarks(options)
     click.echo(json.dumps(report, indent=2) if as_json else render(report))
