@@ -69,6 +69,8 @@ class Row:
     missing: list[Missing] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)  # the config of one of its runs (for commands)
     all_seeds: list[int] = field(default_factory=list)  # every seed the row has on any task
+    by_seed: dict[str, dict[int, float]] = field(default_factory=dict)  # task -> seed -> accuracy
+    score_std: float | None = None  # sample std of the per-seed scores (seeds every task has, 2 or more)
 
     def missing_tasks(self) -> list[str]:
         """Tasks with no accuracy at all because their runs are missing."""
@@ -181,6 +183,7 @@ def _row(runs: list[dict[str, Any]], split: str) -> Row:
             row.seeds[task] = len(values)
             row.stds[task] = statistics.stdev(values) if len(values) > 1 else None
             row.seed_ids[task] = sorted(r["config"]["seed"] for r in scored)
+            row.by_seed[task] = {r["config"]["seed"]: r["metrics"][f"{split}_acc"] for r in scored}
         row.params[task] = _mean([r["accounting"]["params_total"] for r in task_runs])
         row.task_params[task] = _mean([r["accounting"]["params_task_equiv"] for r in task_runs])
         row.macs[task] = _mean([r["accounting"]["macs"] for r in task_runs])
@@ -227,6 +230,21 @@ def row_mean(group: Group, row: Row) -> float | None:
     return _mean([row.accs[t] for t in group.tasks]) if all(t in row.accs for t in group.tasks) else None
 
 
+def common_seeds(group: Group, row: Row) -> list[int]:
+    """The seeds every task of the group has a run of (what a per-seed mean or score can be taken over)."""
+    if not all(t in row.by_seed for t in group.tasks):
+        return []
+    return sorted(set.intersection(*(set(row.by_seed[t]) for t in group.tasks)))
+
+
+def row_mean_std(group: Group, row: Row) -> float | None:
+    """Sample std of the per-seed means over the tasks, over the seeds every task has (2 or more)."""
+    seeds = common_seeds(group, row)
+    if len(seeds) < 2:
+        return None
+    return statistics.stdev([_mean([row.by_seed[t][s] for t in group.tasks]) for s in seeds])
+
+
 def _label_rows(rows: list[Row]) -> None:
     """Rows of the same method with other settings are labelled with the hyper-parameters that differ."""
     by_method: dict[str, list[Row]] = defaultdict(list)
@@ -269,6 +287,15 @@ def _score(group: Group) -> None:
         result = decathlon_score(scored, {t: baselines[t] for t in scored})
         row.score = result["per_task"]
         row.score_total = result["total"] if len(scored) == len(group.tasks) else None
+        seeds = common_seeds(group, row)
+        if row.score_total is not None and len(seeds) > 1:
+            totals = []
+            for seed in seeds:
+                accs = {t: row.by_seed[t][seed] for t in group.tasks}
+                if group.kind != "decathlon":
+                    accs = {t: min(a, MAX_SCORED_ACC) for t, a in accs.items()}
+                totals.append(decathlon_score(accs, {t: baselines[t] for t in accs})["total"])
+            row.score_std = statistics.stdev(totals)
 
 
 def _published(tasks: list[str]) -> list[Row]:

@@ -1,8 +1,10 @@
 """The leaderboard's groups as text: markdown, a paper-style LaTeX table, CSV and JSON.
 
 Every format shows the same numbers: per-task accuracy (mean, ± the sample standard deviation when a cell
-averages more than one seed), the mean over tasks, the score, parameters and MACs; a run a row should have
-and does not reads `missing`, and the table lists each with its run id or the command that would run it.
+averages more than one seed), the mean over tasks and the score (± the sample standard deviation of the
+per-seed mean and score, over the seeds every task has, when there are two or more), parameters and MACs;
+a run a row should have and does not reads `missing`, and the table lists each with its run id or the
+command that would run it.
 The LaTeX table is booktabs style with the best value of each column in bold (on the printed values:
 highest accuracy, mean and score; fewest parameters and MACs), ready to paste into a paper.
 """
@@ -19,7 +21,7 @@ from tabulate import tabulate
 
 from tasks.decathlon import DECATHLON
 from vdd_bench.errors import VddError
-from vdd_bench.leaderboard import FORMATS, Group, Row, row_mean
+from vdd_bench.leaderboard import FORMATS, Group, Row, row_mean, row_mean_std
 
 MISSING = "missing"
 NONE = "–"
@@ -94,6 +96,22 @@ def _fmt(value: float | None, digits: int) -> str:
     return NONE if value is None else f"{value:.{digits}f}"
 
 
+def _spreads(group: Group, row: Row) -> list[float | None]:
+    """The std beside each summary value: of the per-seed mean and score (None elsewhere)."""
+    return [row_mean_std(group, row), row.score_std, None, None, None]
+
+
+def _summary_cells(
+    group: Group, row: Row, bold: Callable[[int, str], str] = lambda i, v: v, pm: str = " ± "
+) -> list[str]:
+    cells = []
+    values = zip(_summary(group, row), _spreads(group, row), _DIGITS, strict=True)
+    for i, (value, std, digits) in enumerate(values):
+        text = bold(i, _fmt(value, digits)) if value is not None else NONE
+        cells.append(text + (pm + _fmt(std, digits) if value is not None and std is not None else ""))
+    return cells
+
+
 def _acc_parts(row: Row, task: str) -> tuple[str, str | None] | None:
     """(mean, std or None) as printed, or None when the row has no accuracy for the task."""
     if task not in row.accs:
@@ -128,7 +146,7 @@ def _markdown(group: Group, split: str) -> str:
     headers = ["Method", *columns(group), *HEADERS_TAIL, "Seeds"]
     rows = []
     for row in group.rows:
-        summary = [_fmt(v, d) for v, d in zip(_summary(group, row), _DIGITS, strict=True)]
+        summary = _summary_cells(group, row)
         rows.append(
             [row.label, *(_acc_cell(row, t) for t in group.tasks), *summary, row.seed_range() or NONE]
         )
@@ -161,14 +179,13 @@ def _latex(group: Group, split: str) -> str:
         return rf"\textbf{{{value}}}" if best is not None and value == best else value
 
     body = []
-    for row, summary in zip(group.rows, summaries, strict=True):
+    for row in group.rows:
         cells = [_escape(row.label)]
         for task in group.tasks:
             cell = _acc_cell(row, task, lambda v, t=task: emph(v, best_acc.get(t)), r" $\pm$ ")
             cells.append({MISSING: r"\emph{missing}", NONE: "--"}.get(cell, cell))
-        for i, (value, digits) in enumerate(zip(summary, _DIGITS, strict=True)):
-            text = _fmt(value, digits)
-            cells.append("--" if value is None else emph(text, best_tail[i]))
+        tail = _summary_cells(group, row, lambda i, text: emph(text, best_tail[i]), r" $\pm$ ")
+        cells += ["--" if cell == NONE else cell for cell in tail]
         body.append(cells)
     headers = [_escape(h) for h in ["Method", *columns(group), *HEADERS_TAIL]]
     raw = tabulate(
@@ -190,7 +207,8 @@ def _csv(group: Group) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     task_headers = [h for c in columns(group) for h in (c, f"{c} std", f"{c} seeds")]
-    writer.writerow(["group", "Method", *task_headers, *HEADERS_TAIL, "Missing runs"])
+    tail_headers = [*HEADERS_TAIL, "Mean std", "Score std", "Missing runs"]
+    writer.writerow(["group", "Method", *task_headers, *tail_headers])
     name = f"{group.name}/{group.key['benchmark']}"
     for row in group.rows:
         cells: list[Any] = [name, row.label]
@@ -201,6 +219,10 @@ def _csv(group: Group) -> str:
             else:
                 cells += [parts[0], parts[1] or "", row.seeds.get(task, "")]
         cells += ["" if v is None else _fmt(v, d) for v, d in zip(_summary(group, row), _DIGITS, strict=True)]
+        cells += [
+            "" if v is None else _fmt(v, d)
+            for v, d in zip(_spreads(group, row)[:2], _DIGITS[:2], strict=True)
+        ]
         cells.append("; ".join(f"{m.task} seed {m.seed}: {m.run_id or m.command}" for m in row.missing))
         writer.writerow(cells)
     return buffer.getvalue().rstrip("\n")
@@ -221,8 +243,10 @@ def as_json(group: Group) -> dict[str, Any]:
                 "seeds": row.seeds,
                 "seed_ids": row.seed_ids,
                 "mean": row_mean(group, row),
+                "mean_std": row_mean_std(group, row),
                 "score": row.score,
                 "score_total": row.score_total,
+                "score_std": row.score_std,
                 "params": row.params,
                 "task_specific_params": row.task_params,
                 "macs": row.macs,
