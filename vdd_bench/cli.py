@@ -371,6 +371,8 @@ def leaderboard(
         if fingerprint is None or r["config"]["benchmark"] == fingerprint
     ]
     expected = _expected_runs(sweep_files, root, backbone_checkpoint) if sweep_files else None
+    if expected and fingerprint is not None:
+        expected = [e for e in expected if e.config["benchmark"] == fingerprint]
     if not records and not expected:
         raise VddError(f"no finished runs under {results}: run `vdd demo` or `vdd sweep` first")
     click.echo(render(build_groups(records, split, expected), fmt, split))
