@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from tqdm.auto import tqdm
 from vdd_bench.augment import AugmentSpec, augment_batch, take
 from vdd_bench.device import Device
 from vdd_bench.errors import VddError
+from vdd_bench.faults import fault_point
 from vdd_bench.method import Method, Phase, TaskContext
 from vdd_bench.store import atomic_write_bytes
 
@@ -67,17 +70,75 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_state(path: Path, digest: str) -> dict[str, Any] | None:
-    """The saved training state of this run, or None when there is none (or it belongs to another config)."""
-    if not path.exists():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a torn or foreign file: start over rather than crash or mis-resume
-        raise VddError(f"unreadable checkpoint {path} ({exc}): delete it to restart the run") from None
-    if state.get("format") != CHECKPOINT_FORMAT or state.get("config") != digest:
-        return None
-    return state
+def previous_checkpoint(path: Path) -> Path:
+    """Where the checkpoint before the last one is kept (`checkpoint.prev.pt` beside `checkpoint.pt`)."""
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Keep the current checkpoint as the previous one, then write the new one atomically: a checkpoint
+    found unreadable later (a filesystem that lost the last write) still leaves the one before it."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    if path.exists():
+        os.replace(path, previous_checkpoint(path))
+    fault_point("engine.rotated")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def remove_checkpoints(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    previous_checkpoint(path).unlink(missing_ok=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first sentence of an exception's message (torch's run on over several)."""
+    text = str(exc).strip()
+    return text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
+
+
+def load_state(path: Path, digest: str, warn: bool = True) -> dict[str, Any] | None:
+    """The saved training state of this run, or None when there is none (or it belongs to another config).
+
+    A missing or unreadable `checkpoint.pt` falls back to `checkpoint.prev.pt`, saying so on stderr; when
+    neither is readable the run stops with an error rather than silently starting over."""
+    previous = previous_checkpoint(path)
+    problems: list[str] = []
+    for candidate in (path, previous):
+        if not candidate.exists():
+            if candidate == path and previous.exists():
+                problems.append(f"{path.name} is missing")
+            continue
+        try:
+            state = torch.load(candidate, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict):
+                raise ValueError("not a training state")
+        except Exception as exc:  # a torn or foreign file
+            problems.append(f"{candidate.name} is unreadable ({_first_line(exc)})")
+            continue
+        if state.get("format") != CHECKPOINT_FORMAT or state.get("config") != digest:
+            if warn:
+                print(
+                    f"warning: {candidate} is the checkpoint of another config: "
+                    "the run starts from its first epoch",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            return None
+        if problems and warn:
+            print(
+                f"warning: {'; '.join(problems)} in {path.parent}: resuming from {candidate.name} "
+                f"(phase {state.get('phase')}, epoch {state.get('epoch')})",
+                file=sys.stderr,
+                flush=True,
+            )
+        return state
+    if problems:
+        raise VddError(
+            f"{path}: {'; '.join(problems)}: no readable checkpoint is left; delete {path.name} and "
+            f"{previous.name} to restart the run from its first epoch"
+        )
+    return None
 
 
 class Trainer:
@@ -105,6 +166,7 @@ class Trainer:
         self.on_epoch_end = on_epoch_end
         self.dist = dist  # data-parallel: this rank's shard of every batch; only rank 0 writes
         self.rank_digests: list[str] = []  # data-parallel: every rank's final weights digest
+        self.bad_step: int | None = None  # the first step (1-based, in its epoch) with a non-finite loss
 
     def fit(
         self, model: nn.Module, data: LabelledImages, augment: AugmentSpec
@@ -143,11 +205,8 @@ class Trainer:
                 generator = epoch_generator(self.seed, index, epoch)
                 loss = self._epoch(net, optimizer, data, augment, phase, generator)
                 if not np.isfinite(loss):
-                    raise VddError(
-                        f"{self.label}: loss became {loss} in phase {phase.name} epoch {epoch + 1}; "
-                        "the last good "
-                        f"checkpoint is kept in {self.checkpoint}: lower the lr and relaunch"
-                    )
+                    raise VddError(self._diverged(loss, phase, epoch))
+                fault_point("engine.epoch")
                 history.append({"phase": phase.name, "epoch": epoch + 1, "lr": lr, "loss": loss})
                 self._save(model, optimizer, index, epoch + 1, history)
                 bar.update(1)
@@ -160,6 +219,19 @@ class Trainer:
         if self.dist is not None:
             model, self.rank_digests = self.dist.finish(model)
         return model, history
+
+    def _diverged(self, loss: float, phase: Phase, epoch: int) -> str:
+        """The one-line error of a non-finite loss: where it happened and which checkpoint is kept."""
+        if epoch > 0:
+            kept = f"the checkpoint of epoch {epoch} is kept in {self.checkpoint}"
+        elif self.checkpoint.exists():
+            kept = f"the checkpoint before this phase is kept in {self.checkpoint}"
+        else:
+            kept = "no checkpoint was written yet"
+        return (
+            f"{self.label}: loss became {loss} at step {self.bad_step} of epoch {epoch + 1} in phase "
+            f"{phase.name}; {kept}: lower the lr and relaunch"
+        )
 
     def _prepare(self, model: nn.Module) -> nn.Module:
         model = self.device.prepare_model(model)
@@ -179,6 +251,7 @@ class Trainer:
         order = torch.randperm(count, generator=generator)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device.torch_device)
         seen = 0
+        step_losses: list[torch.Tensor] = []  # to name the first non-finite step without a sync per step
         for start in range(0, count, phase.batch_size):
             batch = order[start : start + phase.batch_size]
             if len(batch) < 2:  # a single image breaks BatchNorm in training mode
@@ -196,12 +269,18 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             (loss * scale if scale != 1.0 else loss).backward()
             optimizer.step()
+            fault_point("engine.step")
+            step_losses.append(loss.detach())
             loss_sum += loss.detach().double() * len(labels)
             seen += len(labels)
         if self.dist is not None:  # the mean over the global batch, the same on every rank
             totals = self.dist.sum(torch.stack([loss_sum, loss_sum.new_tensor(float(seen))]))
             loss_sum, seen = totals[0], int(totals[1])
-        return float(loss_sum) / max(seen, 1)
+        mean = float(loss_sum) / max(seen, 1)
+        if not np.isfinite(mean) and step_losses:
+            bad = torch.stack(step_losses).float().isfinite().logical_not().nonzero()
+            self.bad_step = int(bad[0]) + 1 if len(bad) else None
+        return mean
 
     def _save(
         self, model: nn.Module, optimizer: torch.optim.Optimizer | None, phase: int, epoch: int, history: list
@@ -218,7 +297,7 @@ class Trainer:
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "history": history,
         }
-        save_state(self.checkpoint, state)
+        save_checkpoint(self.checkpoint, state)
 
 
 @torch.no_grad()

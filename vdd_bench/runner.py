@@ -23,8 +23,9 @@ from vdd_bench.benchmark import Benchmark, SplitIndex
 from vdd_bench.cache import default_cache_path
 from vdd_bench.config import RunConfig
 from vdd_bench.device import Device, pick_device
-from vdd_bench.engine import LabelledImages, Trainer, predict, save_state
+from vdd_bench.engine import LabelledImages, Trainer, predict, remove_checkpoints, save_state
 from vdd_bench.errors import VddError
+from vdd_bench.faults import fault_point
 from vdd_bench.images import load_split_images
 from vdd_bench.method import METHODS, Method, TaskContext, get_method, resolve_hparams
 from vdd_bench.normalization import task_mean_std
@@ -201,6 +202,7 @@ def evaluate(
         arrays[f"{name}_labels"] = labels if labels is not None else np.full(len(pred), -1, dtype=np.int64)
         usable = labels is not None and not (name == "val" and protocol == "trainval")
         metrics[f"{name}_acc"] = float(100.0 * np.mean(pred == labels)) if usable else None
+        fault_point("runner.evaluate")
     return metrics, arrays
 
 
@@ -302,7 +304,8 @@ def finish_run(
         },
     }
     run.store.finish(config, record)
-    (run.folder / "checkpoint.pt").unlink(missing_ok=True)
+    fault_point("runner.done")
+    remove_checkpoints(run.folder / "checkpoint.pt")
     return run.store.record(config.run_id)
 
 
@@ -317,6 +320,7 @@ def execute(
     config = request.config
     existing = RunStore(results).record(config.run_id)
     if existing is not None:
+        remove_checkpoints(RunStore(results).run_dir(config.run_id) / "checkpoint.pt")  # left by a crash
         return existing
     device = device or pick_device()
     for needed in request.inputs.values():

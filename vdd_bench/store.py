@@ -3,6 +3,7 @@
 Layout of a run directory `<results>/runs/<run_id>/`:
   config.json       the semantic config (written when the run starts)
   checkpoint.pt     the training state at the last epoch end (resume point; removed when done)
+  checkpoint.prev.pt  the one before it, used when checkpoint.pt is missing or unreadable
   model.pt          the final weights
   predictions.npz   per-image predictions on val and test
   record.json       metrics, accounting, timing (written atomically)
@@ -27,6 +28,7 @@ from typing import Any
 
 from vdd_bench.config import RunConfig, check_name
 from vdd_bench.errors import VddError
+from vdd_bench.faults import fault_point
 
 RECORD_FORMAT = "vdd-record/1"
 CLAIM_FILE = "claim.json"
@@ -40,9 +42,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            view, half = memoryview(data), len(data) // 2
+            handle.write(view[:half])
+            handle.flush()
+            fault_point(f"torn:{path.name}")  # tests: a crash with half the bytes written
+            handle.write(view[half:])
             handle.flush()
             os.fsync(handle.fileno())
+        fault_point(f"write:{path.name}")  # tests: a crash with the file written, not yet renamed
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -71,13 +71,13 @@ class RunJob(submitit.helpers.Checkpointable):
 
 def report_resume(folder: Path, request: RunRequest) -> None:
     """Say in the job's log where a requeued or relaunched run resumes."""
-    from vdd_bench.engine import load_state
+    from vdd_bench.engine import load_state, previous_checkpoint
 
     path = folder / "checkpoint.pt"
-    if not path.exists():
+    if not path.exists() and not previous_checkpoint(path).exists():
         print(f"{request.config.run_id}: starting", flush=True)
         return
-    state = load_state(path, request.config.digest())
+    state = load_state(path, request.config.digest(), warn=False)
     if state is not None:
         print(
             f"{request.config.run_id}: resuming from its checkpoint "
