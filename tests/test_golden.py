@@ -70,3 +70,21 @@ def test_the_figures_of_the_golden_runs_render(tmp_path: Path) -> None:
         for ext in ("png", "pdf")
     )
     assert all((tmp_path / n).stat().st_size > 5000 for n in names)
+
+
+def test_a_teacher_run_is_not_the_baseline_when_a_complete_sweep_row_is_there() -> None:
+    records = [r for r in RunStore(GOLDEN).done_records() if r["benchmark"]["kind"] == "custom"]
+    clones = []
+    for record in records:
+        if record["method"] == "feature":  # a second complete fine-tuning row, read by no other run
+            config = {
+                **record["config"],
+                "method": "finetune",
+                "hparams": {**record["config"]["hparams"], "lr": 0.5},
+            }
+            clones.append(
+                {**record, "method": "finetune", "config": config, "run_id": record["run_id"] + "x"}
+            )
+    for ordering in (records + clones, clones + records):
+        [group] = build_groups(ordering)
+        assert "baselines are this group's finetune [lr=0.5] accuracies" in group.baseline_note

@@ -71,6 +71,7 @@ class Row:
     all_seeds: list[int] = field(default_factory=list)  # every seed the row has on any task
     by_seed: dict[str, dict[int, float]] = field(default_factory=dict)  # task -> seed -> accuracy
     score_std: float | None = None  # sample std of the per-seed scores (seeds every task has, 2 or more)
+    inputs_only: int = 0  # how many of its runs other runs read as inputs (e.g. NetTailor's teacher)
 
     def missing_tasks(self) -> list[str]:
         """Tasks with no accuracy at all because their runs are missing."""
@@ -122,6 +123,8 @@ def build_groups(
     by_group: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     benches: dict[str, dict[str, Any]] = {}
     done: set[str] = set()
+    records = list(records)
+    read_as_inputs = {i for r in records for i in r["config"].get("inputs", {}).values()}
     for record in records:
         if record["config"].get("extra", {}).get("role") == "pretrain" or record.get("internal"):
             continue  # backbone pre-training and the internal steps of a method are not entries
@@ -145,6 +148,7 @@ def build_groups(
         for rkey in list(rows_by_key) + [k for k in missing_by_key if k not in rows_by_key]:
             runs = rows_by_key.get(rkey, [])
             row = _row(runs, split) if runs else _empty_row(missing_by_key[rkey][0].config)
+            row.inputs_only = sum(r["run_id"] in read_as_inputs for r in runs)
             row.missing = [
                 Missing(e.config["task"], e.config["seed"], e.run_id, e.command)
                 for e in missing_by_key.get(rkey, [])
@@ -271,10 +275,13 @@ def _score(group: Group) -> None:
                 "score: no fine-tuning runs on this benchmark, so no baselines to score against"
             )
             return
-        base = max(candidates, key=lambda r: len(r.accs))
+        # the fine-tuning row with the most tasks; among those, the one least used as another method's input
+        # (a NetTailor teacher is fine-tuning with the teacher's recipe, not the baseline's)
+        base = max(candidates, key=lambda r: (len(r.accs), -r.inputs_only))
         baselines = {t: min(a, MAX_SCORED_ACC) for t, a in base.accs.items()}
+        which = BASELINE_METHOD if len(candidates) == 1 else base.label
         group.baseline_note = (
-            f"score: baselines are this group's {BASELINE_METHOD} accuracies (not the official decathlon "
+            f"score: baselines are this group's {which} accuracies (not the official decathlon "
             f"baselines), so fine-tuning earns 250 per task; accuracies above {MAX_SCORED_ACC}% count as "
             f"{MAX_SCORED_ACC}% so that a saturated task keeps the formula defined"
         )
