@@ -99,9 +99,12 @@ class RunStore:
         """Every finished run; folders without a `done` marker (running, failed, half-written) are skipped."""
         if not self.runs.is_dir():
             return
-        for folder in sorted(self.runs.iterdir()):
-            if (folder / "done").exists():
-                yield json.loads((folder / "record.json").read_text())
+        root = str(self.runs)  # plain strings: pathlib objects cost more than the reads for 10,000 runs
+        for name in sorted(os.listdir(root)):
+            folder = os.path.join(root, name)
+            if os.path.exists(os.path.join(folder, "done")):
+                with open(os.path.join(folder, "record.json"), encoding="utf-8") as handle:
+                    yield json.load(handle)
 
 
 # --- claims: at most one process runs a run at a time ---
