@@ -357,17 +357,32 @@ def _tailored_row(name: str, model, teacher, size: int, batch: int, repeats: int
 
 
 def bench_bundle(options: BenchOptions, tmp: Path) -> tuple[list[dict], dict]:
+    """Every listed method with finished runs in the run store, bundled: size and task-switch time."""
     from vdd_bench.bundle import Bundle, export
     from vdd_bench.errors import VddError
+    from vdd_bench.method import METHODS
+    from vdd_bench.store import RunStore
 
-    records = _nettailor_records(options.nettailor_results)
-    if not records:
-        return [], {"bundle": "no finished runs to bundle (pass --nettailor-results or --results)"}
+    results = options.nettailor_results
+    methods = sorted(
+        {
+            r["config"]["method"]
+            for r in (RunStore(results).done_records() if results is not None else [])
+            if r["config"]["method"] in METHODS.names()
+            and METHODS.get(r["config"]["method"]).listed
+            and METHODS.get(r["config"]["method"]).uses_pretrained
+        }
+    )
+    if not methods:
+        return [], {"bundle": "no finished runs to bundle (pass --results)"}
+    try:
+        bench_root = _benchmark_root(results)
+    except FileNotFoundError as exc:
+        return [], {"bundle": str(exc)}
     rows, notes = [], []
-    bench_root = _benchmark_root(options.nettailor_results)
-    for method in ("nettailor", "finetune"):
+    for method in methods:
         try:
-            summary = export(method, options.nettailor_results, bench_root, tmp / f"{method}.pt")
+            summary = export(method, results, bench_root, tmp / f"{method}.pt")
         except VddError as exc:
             notes.append(f"{method}: {exc}")
             continue
@@ -383,13 +398,14 @@ def bench_bundle(options: BenchOptions, tmp: Path) -> tuple[list[dict], dict]:
                 summary.finetuned_bytes / 2**20,
             )
         )
+        rows[-1]["switch_ms"] = 1000 * switch
         rows.append(_row("bundle", f"{method} task switch, ms", 1000 * switch, "ms", "", 0.0))
-    return rows, {"bundle": "; ".join(notes) if notes else f"runs of {options.nettailor_results}"}
+    return rows, {"bundle": f"finished runs of {results}" + "".join(f"; {n}" for n in notes)}
 
 
 def _benchmark_root(results: Path) -> Path:
-    """The benchmark root of a run store's runs: a `toy` folder beside it, as `vdd demo` leaves it."""
-    for candidate in (results.parent / "toy", results / "toy"):
+    """The benchmark root of a run store's runs: the toy `vdd demo` leaves in it (or one beside it)."""
+    for candidate in (results / "toy" / "data", results / "toy", results.parent / "toy"):
         if (candidate / "annotations").is_dir():
             return candidate
     raise FileNotFoundError(f"no benchmark root found beside {results}")

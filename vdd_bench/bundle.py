@@ -121,7 +121,8 @@ def _hparams_key(record: dict[str, Any]) -> str:
 
 
 def _pick_runs(records: list[dict[str, Any]], method: str, filters: dict[str, Any]) -> list[dict[str, Any]]:
-    """The runs of one hyper-parameter setting: the one matching `filters` that covers the most tasks."""
+    """The runs of one hyper-parameter setting: among those matching `filters`, the one that covers the most
+    tasks, then the one closest to the method's defaults; a tie is refused."""
     defaults = METHODS.get(method).defaults
     for key, value in filters.items():
         if key not in defaults:
@@ -133,8 +134,15 @@ def _pick_runs(records: list[dict[str, Any]], method: str, filters: dict[str, An
         groups.setdefault(_hparams_key(record), []).append(record)
     if not groups:
         return []
-    ranked = sorted(groups.values(), key=lambda g: len({r["task"] for r in g}), reverse=True)
-    if len(ranked) > 1 and len({r["task"] for r in ranked[0]}) == len({r["task"] for r in ranked[1]}):
+
+    def rank(group: list[dict[str, Any]]) -> tuple[int, int]:
+        """More tasks first; then the setting closest to the method's defaults (a sweep's plain runs
+        before the same method run with another recipe as an input of another method, e.g. a teacher)."""
+        hparams = group[0]["config"]["hparams"]
+        return len({r["task"] for r in group}), sum(hparams.get(k) == v for k, v in defaults.items())
+
+    ranked = sorted(groups.values(), key=rank, reverse=True)
+    if len(ranked) > 1 and rank(ranked[0]) == rank(ranked[1]):
         differing = sorted(
             k
             for k in ranked[0][0]["config"]["hparams"]

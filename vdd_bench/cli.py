@@ -753,7 +753,7 @@ def export_bundle(
     "--nettailor-results",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=None,
-    help="Run store with finished nettailor runs (default: --results).",
+    help="Run store whose finished runs the tailored and bundle sections use (default: --results).",
 )
 @click.option(
     "--workers", type=int, default=2, show_default=True, help="Worker processes of the baseline loader."
