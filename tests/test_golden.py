@@ -88,3 +88,18 @@ def test_a_teacher_run_is_not_the_baseline_when_a_complete_sweep_row_is_there() 
     for ordering in (records + clones, clones + records):
         [group] = build_groups(ordering)
         assert "baselines are this group's finetune [lr=0.5] accuracies" in group.baseline_note
+
+
+def test_vdd_score_with_the_leaderboard_json_as_baselines_gives_the_leaderboard_score(tmp_path: Path) -> None:
+    board = CliRunner().invoke(
+        main, ["leaderboard", "--results", str(GOLDEN), "--format", "json", "--benchmark", "c0ffee000001"]
+    )
+    (tmp_path / "board.json").write_text(board.output)
+    [group] = json.loads(board.output)
+    feature = next(r for r in group["rows"] if r["method"] == "feature")
+    (tmp_path / "feature.json").write_text(json.dumps(feature["accuracy"]))
+    args = ["score", str(tmp_path / "feature.json"), "--baselines", str(tmp_path / "board.json"), "--json"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    scored = json.loads(result.output)["feature"]
+    assert scored["per_task"] == pytest.approx(feature["score"]) and scored["total"] == feature["score_total"]

@@ -93,6 +93,7 @@ class Group:
     rows: list[Row]
     baseline_note: str
     benchmark_tasks: int  # how many tasks the benchmark has; `tasks` may be fewer
+    baselines: dict[str, float] = field(default_factory=dict)  # task -> baseline accuracy the score used
 
 
 def _group_key(config: dict[str, Any]) -> str:
@@ -268,6 +269,7 @@ def _score(group: Group) -> None:
     if group.kind == "decathlon":
         baselines = official_baselines()
         group.baseline_note = "score: official decathlon baselines"
+        group.baselines = {t: baselines[t] for t in group.tasks if t in baselines}
     else:
         candidates = [r for r in group.rows if r.method == BASELINE_METHOD and r.accs]
         if not candidates:
@@ -279,6 +281,7 @@ def _score(group: Group) -> None:
         # (a NetTailor teacher is fine-tuning with the teacher's recipe, not the baseline's)
         base = max(candidates, key=lambda r: (len(r.accs), -r.inputs_only))
         baselines = {t: min(a, MAX_SCORED_ACC) for t, a in base.accs.items()}
+        group.baselines = dict(baselines)
         which = BASELINE_METHOD if len(candidates) == 1 else base.label
         group.baseline_note = (
             f"score: baselines are this group's {which} accuracies (not the official decathlon "

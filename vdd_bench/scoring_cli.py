@@ -91,21 +91,12 @@ def read_baselines(path: Path) -> tuple[dict[str, float], bool]:
 
 
 def _leaderboard_baselines(path: Path, groups: list) -> dict[str, float]:
-    from vdd_bench.leaderboard import BASELINE_METHOD
-
-    found = []
-    for group in groups:
-        rows = [
-            r
-            for r in (group.get("rows", []) if isinstance(group, dict) else [])
-            if r.get("method") == BASELINE_METHOD and not r.get("published") and r.get("accuracy")
-        ]
-        if rows:
-            found.append(max(rows, key=lambda r: len(r["accuracy"]))["accuracy"])
+    """The baselines the leaderboard scored its one group with (its `baselines`)."""
+    found = [g["baselines"] for g in groups if isinstance(g, dict) and g.get("baselines")]
     if len(found) != 1:
         raise VddError(
-            f"{path}: a leaderboard JSON used as baselines needs exactly one group with a {BASELINE_METHOD} "
-            f"row, it has {len(found)}: use `vdd leaderboard --format json --benchmark FINGERPRINT`"
+            f"{path}: a leaderboard JSON used as baselines needs exactly one group with baselines, it has "
+            f"{len(found)}: use `vdd leaderboard --format json --benchmark FINGERPRINT`"
         )
     return {k: float(v) for k, v in found[0].items()}
 

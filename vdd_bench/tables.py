@@ -233,6 +233,7 @@ def as_json(group: Group) -> dict[str, Any]:
         "benchmark": {"name": group.name, "kind": group.kind, **group.key},
         "tasks": group.tasks,
         "baseline_note": group.baseline_note,
+        "baselines": group.baselines,
         "rows": [
             {
                 "method": row.method,
