@@ -286,7 +286,7 @@ def save_checkpoint(path: Path, model: Backbone, meta: dict) -> None:
         raise
 
 
-def _read_checkpoint(path: Path) -> dict:
+def _read_checkpoint(path: Path, check: bool = True) -> dict:
     path = Path(path)
     if not path.is_file():
         raise VddError(f"backbone checkpoint {path} does not exist")
@@ -303,12 +303,70 @@ def _read_checkpoint(path: Path) -> dict:
         payload["spec"] = BackboneSpec.from_dict(payload["spec"])
     except (VddError, TypeError, AttributeError) as e:
         raise VddError(f"backbone checkpoint {path} has a bad spec: {e}") from e
+    if check:
+        _check_fits(path, payload["spec"], payload["num_classes"], payload["state_dict"])
     return payload
 
 
-def load_checkpoint(path: Path) -> tuple[BackboneSpec, dict[str, Tensor], dict]:
-    payload = _read_checkpoint(path)
+def _check_fits(path: Path, spec: BackboneSpec, num_classes: object, state: object) -> None:
+    """The weights must be those of the architecture the checkpoint names, with a head of `num_classes`
+    outputs: compared key by key and shape by shape with the net built on the meta device (no memory)."""
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise VddError(f"backbone checkpoint {path}: num_classes {num_classes!r} is not a positive integer")
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise VddError(f"backbone checkpoint {path}: state_dict is not a mapping of names to tensors")
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in build_backbone(spec, num_classes).state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    wrong = sorted(k for k in expected if k in found and found[k] != expected[k])
+    if set(found) == set(expected) and wrong and all(k.startswith("classifier.") for k in wrong):
+        raise VddError(
+            f"backbone checkpoint {path}: its classifier has {found['classifier.weight'][0]} outputs, "
+            f"its num_classes says {num_classes}: the file is inconsistent; save it again (vdd pretrain)"
+        )
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    if missing or extra or wrong:
+        what = [
+            f"{label} {', '.join(keys[:2])}" + (f" (+{len(keys) - 2} more)" if len(keys) > 2 else "")
+            for label, keys in (("missing", missing), ("unexpected", extra), ("other shapes", wrong))
+            if keys
+        ]
+        raise VddError(
+            f"backbone checkpoint {path} says {spec} but holds the weights of another architecture "
+            f"({'; '.join(what)}): pass a checkpoint saved for {spec.name} at width {spec.width}"
+        )
+
+
+def load_checkpoint(path: Path, check: bool = True) -> tuple[BackboneSpec, dict[str, Tensor], dict]:
+    """The checkpoint's architecture, weights and meta; `check` (the default) makes sure the weights are
+    those of that architecture (planning, which reads the spec only, skips it: it costs an import)."""
+    payload = _read_checkpoint(path, check)
     return payload["spec"], payload["state_dict"], payload["meta"]
+
+
+def load_weights(model: nn.Module, state: dict[str, Tensor], source: Path | str) -> nn.Module:
+    """`model.load_state_dict(state)`, refusing in one line naming `source` weights that do not fit (a
+    model.pt of a task with another class count, or of another architecture)."""
+    own = model.state_dict()
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    if wrong or missing or extra:
+
+        def some(keys: list[str]) -> str:
+            return keys[0] + (f" (+{len(keys) - 1} more)" if len(keys) > 1 else "")
+
+        parts = [f"{k} is {tuple(state[k].shape)} there, {tuple(own[k].shape)} here" for k in wrong[:1]]
+        parts += [f"{len(wrong)} tensors of other shapes"] if len(wrong) > 1 else []
+        parts += [f"missing {some(missing)}"] if missing else []
+        parts += [f"unexpected {some(extra)}"] if extra else []
+        raise VddError(
+            f"{source}: the weights do not fit this model ({'; '.join(parts)}): they belong to another task "
+            "(class count) or architecture"
+        )
+    model.load_state_dict(state)
+    return model
 
 
 def load_pretrained(path: Path, num_classes: int, expect: BackboneSpec | None = None) -> Backbone:

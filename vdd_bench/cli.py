@@ -163,9 +163,9 @@ def _sweep_requests(sweep_file, root, methods, tasks, seeds, backbone_checkpoint
 
     data: dict[str, Any] = {}
     if sweep_file:
-        import yaml
+        from vdd_bench.config import read_yaml
 
-        data = yaml.safe_load(sweep_file.read_text()) or {}
+        data = read_yaml(sweep_file, "sweep file") or {}
         if not isinstance(data, dict):
             raise VddError(f"{sweep_file}: a sweep file must be a mapping of keys to values")
     options = {

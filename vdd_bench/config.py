@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from vdd_bench.errors import VddError
@@ -20,9 +21,25 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
 
 def check_name(kind: str, value: str) -> str:
     """Task and method names end up in directory names: refuse anything that could escape a folder."""
-    if not _SAFE_NAME.match(value) or ".." in value:
+    if not isinstance(value, str) or not _SAFE_NAME.fullmatch(value) or ".." in value:
         raise VddError(f"invalid {kind} name {value!r}: use letters, digits, '-', '_', '.' or ':' only")
     return value
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """A sweep file or SLURM profile, parsed with yaml.safe_load (plain data only, never objects); a file
+    that cannot be read or parsed is refused in one line naming it and the line at fault."""
+    import yaml
+
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise VddError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise VddError(f"cannot read {what} {path}: not valid YAML{where} ({problem}); fix it") from None
 
 
 def canonical_json(value: Any) -> str:

@@ -26,7 +26,7 @@ from torch import nn
 
 from tasks.generic import source_task
 from vdd_bench.augment import AugmentSpec, make_spec
-from vdd_bench.backbones import Backbone, BackboneSpec, build_backbone
+from vdd_bench.backbones import Backbone, BackboneSpec, build_backbone, load_weights
 from vdd_bench.benchmark import Benchmark
 from vdd_bench.cache import default_cache_path
 from vdd_bench.device import Device, pick_device
@@ -71,7 +71,7 @@ class SequentialMethod(Method):
         if ctx.task in structure["tasks"]:
             raise VddError(f"task {ctx.task} was already learned earlier in this chain: a task comes once")
         model = self.skeleton(ctx.spec, structure)
-        model.load_state_dict(state)
+        load_weights(model, state, folder / "model.pt")
         return model, structure
 
     def execute(
@@ -195,7 +195,7 @@ def step_model(results: Path, run_id: str) -> tuple[SequentialMethod, nn.Module,
     state, structure = load_run_model(store.run_dir(run_id))
     spec = BackboneSpec.from_dict({k: v for k, v in config["backbone"].items() if k != "checkpoint"})
     model = method.skeleton(spec, structure)
-    model.load_state_dict(state)
+    load_weights(model, state, store.run_dir(run_id) / "model.pt")
     return method, model.eval(), structure
 
 

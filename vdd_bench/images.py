@@ -27,6 +27,11 @@ def decode_image(path: Path, size: int) -> np.ndarray:
     try:
         with Image.open(path) as img:
             rgb = img.convert("RGB")  # forces a full decode: truncated files fail here
+    except FileNotFoundError:
+        raise DataError(
+            f"{path}: image file missing; restore it from the benchmark's release "
+            "(`vdd data verify ROOT` lists every problem)"
+        ) from None
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: cannot decode the image ({exc}); restore or re-download it") from exc
     w, h = rgb.size

@@ -6,10 +6,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from vdd_bench.backbones import BackboneSpec
 from vdd_bench.benchmark import Benchmark
+from vdd_bench.config import read_yaml
 from vdd_bench.continual import plan_chain
 from vdd_bench.errors import VddError
 from vdd_bench.method import METHODS
@@ -71,11 +70,7 @@ class SweepSpec:
 
     @classmethod
     def from_file(cls, path: Path) -> SweepSpec:
-        try:
-            data = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise VddError(f"cannot read sweep file {path}: {str(exc).splitlines()[0]}") from None
-        return cls.from_mapping(data, str(path))
+        return cls.from_mapping(read_yaml(path, "sweep file"), str(path))
 
     def method_names(self) -> list[str]:
         if self.methods == "all":

@@ -20,8 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from vdd_bench.config import read_yaml
 from vdd_bench.errors import VddError
 
 # sbatch flags the harness sets itself: a profile may not override them through `sbatch`
@@ -90,11 +89,7 @@ class SlurmProfile:
 
     @classmethod
     def from_file(cls, path: Path) -> SlurmProfile:
-        try:
-            data = yaml.safe_load(Path(path).read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise VddError(f"cannot read SLURM profile {path}: {str(exc).splitlines()[0]}") from None
-        return cls.from_mapping(data, str(path))
+        return cls.from_mapping(read_yaml(path, "SLURM profile"), str(path))
 
     def executor_parameters(self) -> dict[str, Any]:
         """Parameters of submitit's SlurmExecutor.update_parameters."""

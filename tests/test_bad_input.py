@@ -1,0 +1,256 @@
+"""Bad input, end to end: `vdd run` refuses it with one line `error: ...` naming the file or value and what
+to do, writes no `done` marker, and `vdd data verify` finds every data defect before any training."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner, Result
+
+from vdd_bench.backbones import CHECKPOINT_FORMAT, BackboneSpec, build_backbone, save_checkpoint
+from vdd_bench.cli import main
+from vdd_bench.config import RunConfig
+from vdd_bench.errors import VddError
+from vdd_bench.store import RunStore
+
+TINY = ["--resolution", "36", "--set", "batch_size=4", "--no-progress", "--device", "cpu"]
+
+
+def vdd_run(root: Path, results: Path, *extra: str, method: str = "scratch") -> Result:
+    args = ["run", "--method", method, "--task", "alpha", "--benchmark", str(root), "--results", str(results)]
+    if method == "scratch" and "--backbone" not in extra:
+        extra = ("--backbone", "resnet26", "--width", "0.125", *extra)
+    return CliRunner().invoke(main, [*args, *TINY, "--set", "epochs=1", *extra])
+
+
+def refused(result: Result, *needles: str) -> str:
+    """The one error line of a refused command, checked to contain every needle."""
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def no_done_marker(results: Path) -> None:
+    assert not list(results.rglob("done")), "a refused run left a done marker"
+    assert list(RunStore(results).done_records()) == []
+
+
+def _train(root: Path) -> dict:
+    return json.loads((root / "annotations" / "alpha_train.json").read_text())
+
+
+def _edit(root: Path, change: Callable[[dict], None], split: str = "train") -> str:
+    path = root / "annotations" / f"alpha_{split}.json"
+    doc = json.loads(path.read_text())
+    change(doc)
+    path.write_text(json.dumps(doc))
+    return f"annotations/alpha_{split}.json"
+
+
+def missing_image(root: Path) -> str:
+    name = _train(root)["images"][1]["file_name"]
+    (root / name).unlink()
+    return name
+
+
+def unreadable_image(root: Path) -> str:  # a directory where the image should be: open() fails
+    name = _train(root)["images"][2]["file_name"]
+    (root / name).unlink()
+    (root / name).mkdir()
+    return name
+
+
+def truncated_jpeg(root: Path) -> str:
+    name = _train(root)["images"][3]["file_name"]
+    data = (root / name).read_bytes()
+    (root / name).write_bytes(data[: len(data) // 2])
+    return name
+
+
+def garbage_jpeg(root: Path) -> str:
+    name = _train(root)["images"][0]["file_name"]
+    (root / name).write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg " * 8)
+    return name
+
+
+def unknown_category(root: Path) -> str:
+    return _edit(root, lambda d: d["annotations"][0].update(category_id=4242))
+
+
+def duplicate_image_ids(root: Path) -> str:
+    return _edit(root, lambda d: d["images"][1].update(id=d["images"][0]["id"]))
+
+
+def empty_split(root: Path) -> str:
+    return _edit(root, lambda d: d.update(images=[], annotations=[]), split="val")
+
+
+def malformed_json(root: Path) -> str:
+    path = root / "annotations" / "alpha_val.json"
+    path.write_text(path.read_text()[:-15])
+    return "annotations/alpha_val.json"
+
+
+DATA_DEFECTS = [
+    (missing_image, "image file missing"),
+    (unreadable_image, "cannot decode the image"),
+    (truncated_jpeg, "cannot decode the image"),
+    (garbage_jpeg, "cannot decode the image"),
+    (unknown_category, "category ids not in the task's 'categories': 4242"),
+    (duplicate_image_ids, "duplicate image ids 10000001"),
+    (empty_split, "no images: the split is empty"),
+    (malformed_json, "malformed JSON at line 1"),
+]
+
+
+@pytest.mark.parametrize("damage,message", DATA_DEFECTS, ids=[d.__name__ for d, _ in DATA_DEFECTS])
+def test_a_data_defect_is_refused_in_one_line_and_found_by_verify(
+    make_root, tmp_path: Path, damage, message: str
+) -> None:
+    root = make_root()
+    file = damage(root)
+    results = tmp_path / "results"
+    refused(vdd_run(root, results), message, file)
+    no_done_marker(results)
+    report = CliRunner().invoke(main, ["data", "verify", str(root)])
+    assert report.exit_code == 1, report.output
+    rows = [line for line in report.output.splitlines() if line.startswith("error") and file in line]
+    assert rows and message in rows[0], report.output
+
+
+def test_a_truncated_cache_is_refused_and_names_the_file(make_root, tmp_path: Path) -> None:
+    from vdd_bench.benchmark import Benchmark
+    from vdd_bench.cache import default_cache_path, pack
+
+    root, results = make_root(), tmp_path / "results"
+    bench = Benchmark.open(root)
+    cache = pack(bench, default_cache_path(results, bench, 36), 36, progress=False)
+    cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])
+    refused(vdd_run(root, results), str(cache), "truncated cache", "vdd data pack")
+    no_done_marker(results)
+
+
+def _checkpoint(path: Path, spec: BackboneSpec, state_of: BackboneSpec, num_classes: int, head: int) -> Path:
+    """A checkpoint that says `spec` and `num_classes` but holds a `state_of` net with `head` outputs."""
+    torch.manual_seed(0)
+    state = build_backbone(state_of, head).state_dict()
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "spec": spec.to_dict(),
+        "num_classes": num_classes,
+        "state_dict": state,
+        "meta": {},
+    }
+    torch.save(payload, path)
+    return path
+
+
+def test_a_backbone_checkpoint_of_another_architecture_is_refused(make_root, tmp_path: Path) -> None:
+    root, results = make_root(), tmp_path / "results"
+    r26, r18 = BackboneSpec("resnet26", width=0.125), BackboneSpec("resnet18", width=0.125)
+    lying = _checkpoint(tmp_path / "lying.pt", r26, r18, 5, 5)
+    line = refused(vdd_run(root, results, "--backbone-checkpoint", str(lying), method="finetune"), str(lying))
+    assert "another architecture" in line and "resnet26" in line
+    no_done_marker(results)
+    honest = tmp_path / "r26.pt"
+    save_checkpoint(honest, build_backbone(r26, 5), {})
+    args = ("--backbone-checkpoint", str(honest), "--backbone", "resnet18", "--width", "0.125")
+    refused(vdd_run(root, results, *args, method="finetune"), str(honest), "not the requested resnet18")
+    no_done_marker(results)
+
+
+def test_a_head_that_does_not_match_the_class_count_is_refused(make_root, tmp_path: Path) -> None:
+    root, results = make_root(), tmp_path / "results"
+    spec = BackboneSpec("resnet26", width=0.125)
+    bad = _checkpoint(tmp_path / "head.pt", spec, spec, 10, 7)  # says 10 classes, its classifier has 7
+    line = refused(vdd_run(root, results, "--backbone-checkpoint", str(bad), method="finetune"), str(bad))
+    assert "classifier has 7 outputs" in line and "num_classes says 10" in line
+    no_done_marker(results)
+
+
+def test_a_finished_model_does_not_load_into_a_task_with_another_class_count(
+    make_root, tmp_path: Path
+) -> None:
+    from vdd_bench.backbones import load_weights
+
+    model = build_backbone(BackboneSpec("resnet26", width=0.125), 3)
+    torch.save({"model": model.state_dict()}, tmp_path / "model.pt")
+    other = build_backbone(BackboneSpec("resnet26", width=0.125), 5)
+    state = torch.load(tmp_path / "model.pt", weights_only=True)["model"]
+    with pytest.raises(VddError) as caught:
+        load_weights(other, state, tmp_path / "model.pt")
+    message = str(caught.value)
+    assert "\n" not in message and "model.pt" in message
+    assert "classifier.weight" in message and "(3, " in message and "(5, " in message
+
+
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("benchmark: x\nmethod: [finetune]\n", "unknown key 'method'"),
+        ("benchmark: x\nseeds: 3\n", "seeds must be list"),
+        ("benchmark: x\nepoch_scale: fast\n", "epoch_scale must be int or float"),
+        ("benchmark: [unclosed\n", "not valid YAML at line 2"),
+        ("benchmark: !!python/object/apply:os.system [echo]\n", "not valid YAML"),
+    ],
+)
+def test_a_bad_sweep_file_is_refused_in_one_line(tmp_path: Path, text: str, needle: str) -> None:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    result = CliRunner().invoke(main, ["sweep", "--file", str(path), "--results", str(tmp_path / "r")])
+    refused(result, str(path), needle)
+
+
+def test_a_bad_profile_is_refused_in_one_line(make_root, tmp_path: Path) -> None:
+    path, sweep = tmp_path / "profile.yaml", tmp_path / "sweep.yaml"
+    path.write_text("partition: gpu\ngpu: 1\n")
+    sweep.write_text(f"benchmark: {make_root()}\nmethods: [scratch]\nbackbone: {{name: resnet26}}\n")
+    args = ["sweep", "--file", str(sweep), "--launcher", "slurm", "--profile", str(path)]
+    result = CliRunner().invoke(main, [*args, "--results", str(tmp_path / "r")])
+    refused(result, str(path), "unknown key 'gpu'")
+
+
+def test_a_non_finite_loss_stops_the_run_names_the_step_and_keeps_the_checkpoint(
+    make_root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from methods.scratch import Scratch
+
+    calls = []
+    real_loss = Scratch.loss
+
+    def poisoned(self, model, images, labels, ctx):  # the 4th step: epoch 2, step 2 (6 images, batches of 4)
+        calls.append(1)
+        loss = real_loss(self, model, images, labels, ctx)
+        return loss * math.nan if len(calls) == 4 else loss
+
+    monkeypatch.setattr(Scratch, "loss", poisoned)
+    root, results = make_root(), tmp_path / "results"
+    line = refused(vdd_run(root, results, "--set", "epochs=2"), "loss became nan at step 2 of epoch 2")
+    assert "checkpoint of epoch 1 is kept" in line and "lower the lr" in line
+    no_done_marker(results)
+    [folder] = (results / "runs").iterdir()
+    state = torch.load(folder / "checkpoint.pt", weights_only=True)
+    assert (state["phase"], state["epoch"]) == (0, 1)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("name", ["../x", "/etc/passwd", "a/../../b", "..", ".", "a\\b", "x\n", "~root"])
+def test_run_ids_and_task_names_cannot_leave_the_results_folder(tmp_path: Path, name: str) -> None:
+    store = RunStore(tmp_path)
+    with pytest.raises(VddError, match="invalid"):
+        store.run_dir(name)
+    base = dict(
+        benchmark="b", benchmark_kind="toy", method="finetune", hparams={}, backbone={}, resolution=36
+    )
+    with pytest.raises(VddError, match="invalid task name"):
+        RunConfig(task=name, **base)
+    with pytest.raises(VddError, match="invalid method name"):
+        RunConfig(task="alpha", **{**base, "method": name})
