@@ -209,15 +209,6 @@ def test_a_bad_sweep_file_is_refused_in_one_line(tmp_path: Path, text: str, need
     refused(result, str(path), needle)
 
 
-def test_a_bad_profile_is_refused_in_one_line(make_root, tmp_path: Path) -> None:
-    path, sweep = tmp_path / "profile.yaml", tmp_path / "sweep.yaml"
-    path.write_text("partition: gpu\ngpu: 1\n")
-    sweep.write_text(f"benchmark: {make_root()}\nmethods: [scratch]\nbackbone: {{name: resnet26}}\n")
-    args = ["sweep", "--file", str(sweep), "--launcher", "slurm", "--profile", str(path)]
-    result = CliRunner().invoke(main, [*args, "--results", str(tmp_path / "r")])
-    refused(result, str(path), "unknown key 'gpu'")
-
-
 def test_a_non_finite_loss_stops_the_run_names_the_step_and_keeps_the_checkpoint(
     make_root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -254,3 +245,20 @@ def test_run_ids_and_task_names_cannot_leave_the_results_folder(tmp_path: Path, 
         RunConfig(task=name, **base)
     with pytest.raises(VddError, match="invalid method name"):
         RunConfig(task="alpha", **{**base, "method": name})
+
+
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("partition: gpu\ngpu: 1\n", "unknown key 'gpu'"),
+        ('partition: "gpu\\nrm -rf ~"\n', "partition holds a line break"),
+        ('sbatch: {constraint: "a100\\n#SBATCH --wrap=x"}\n', "sbatch.constraint holds a line break"),
+    ],
+)
+def test_a_bad_profile_is_refused_in_one_line(make_root, tmp_path: Path, text: str, needle: str) -> None:
+    path, sweep = tmp_path / "profile.yaml", tmp_path / "sweep.yaml"
+    path.write_text(text)
+    sweep.write_text(f"benchmark: {make_root()}\nmethods: [scratch]\nbackbone: {{name: resnet26}}\n")
+    args = ["sweep", "--file", str(sweep), "--launcher", "slurm", "--profile", str(path)]
+    result = CliRunner().invoke(main, [*args, "--results", str(tmp_path / "r")])
+    refused(result, str(path), needle)

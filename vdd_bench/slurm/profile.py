@@ -83,6 +83,13 @@ class SlurmProfile:
                 raise VddError(f"{source}: sbatch.{name} must be a string, a number or true, got {value!r}")
         if not all(isinstance(line, str) for line in data.get("setup", [])):
             raise VddError(f"{source}: setup must be a list of shell lines (strings)")
+        # a line break in a value would start a new line of the generated sbatch script
+        values = {k: v for k, v in data.items() if k not in ("sbatch", "setup")}
+        values.update({f"sbatch.{k}": v for k, v in data.get("sbatch", {}).items()})
+        values.update({f"sbatch.{k} (name)": k for k in data.get("sbatch", {})})
+        for key, value in values.items():
+            if isinstance(value, str) and any(c in value for c in "\r\n\0"):
+                raise VddError(f"{source}: {key} holds a line break ({value!r}): give a one-line value")
         if isinstance(data.get("memory"), int):
             data = {**data, "memory": f"{data['memory']}M"}
         return cls(**data)
