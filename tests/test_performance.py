@@ -101,7 +101,7 @@ def test_checkpoint_spec_is_read_once_per_file(tmp_path: Path, monkeypatch: pyte
     save_checkpoint(path, build_backbone(BackboneSpec("resnet26", width=0.25), 3), {})
     calls = []
     real = runner.load_checkpoint
-    monkeypatch.setattr(runner, "load_checkpoint", lambda p: calls.append(p) or real(p))
+    monkeypatch.setattr(runner, "load_checkpoint", lambda p, **kw: calls.append(p) or real(p, **kw))
     assert (
         runner.checkpoint_spec(path) == runner.checkpoint_spec(path) == BackboneSpec("resnet26", width=0.25)
     )
