@@ -133,9 +133,31 @@ def test_a_truncated_cache_is_refused_and_names_the_file(make_root, tmp_path: Pa
     root, results = make_root(), tmp_path / "results"
     bench = Benchmark.open(root)
     cache = pack(bench, default_cache_path(results, bench, 36), 36, progress=False)
+    check = ["data", "verify", str(root), "--cache", str(cache)]
+    assert CliRunner().invoke(main, check).exit_code == 0
     cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])
     refused(vdd_run(root, results), str(cache), "truncated cache", "vdd data pack")
     no_done_marker(results)
+    report = CliRunner().invoke(main, check)
+    assert report.exit_code == 1 and "truncated cache file" in report.output, report.output
+
+
+def test_verify_finds_a_cache_of_other_annotations_or_with_images_missing(make_root, tmp_path: Path) -> None:
+    import h5py
+
+    from vdd_bench.benchmark import Benchmark
+    from vdd_bench.cache import pack
+
+    root = make_root()
+    cache = pack(Benchmark.open(root), tmp_path / "c.h5", 36, progress=False)
+    with h5py.File(cache, "a") as h5:
+        del h5["alpha/val/images"]
+        h5.create_dataset("alpha/val/images", shape=(2, 3, 36, 36), dtype="uint8")
+    report = CliRunner().invoke(main, ["data", "verify", str(root), "--cache", str(cache)])
+    assert report.exit_code == 1 and "alpha/val/images holds 2 images, the annotations 3" in report.output
+    unknown_category(root)  # the annotations change: the pack is of other annotations now
+    report = CliRunner().invoke(main, ["data", "verify", str(root), "--cache", str(cache)])
+    assert report.exit_code == 1 and "packed from other annotations" in report.output
 
 
 def _checkpoint(path: Path, spec: BackboneSpec, state_of: BackboneSpec, num_classes: int, head: int) -> Path:

@@ -797,11 +797,16 @@ def data() -> None:
 @click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--test-labels", type=click.Path(exists=True, path_type=Path))
 @click.option("--no-images", is_flag=True, help="Check the annotations only, not every image file.")
-def data_verify(root: Path, test_labels: Path | None, no_images: bool) -> None:
+@click.option(
+    "--cache",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Also check this HDF5 pack of the root (vdd data pack): readable to its end, same annotations.",
+)
+def data_verify(root: Path, test_labels: Path | None, no_images: bool, cache: Path | None) -> None:
     """Check a root before spending GPU hours on it; exit 1 when it has errors."""
     from vdd_bench.verify import format_report, verify
 
-    report = verify(root, test_labels, check_images=not no_images, progress=sys.stderr.isatty())
+    report = verify(root, test_labels, check_images=not no_images, progress=sys.stderr.isatty(), cache=cache)
     click.echo(format_report(report))
     if not report.ok:
         sys.exit(1)

@@ -101,9 +101,14 @@ def format_report(report: VerifyReport) -> str:
 
 
 def verify(
-    root: Path, test_labels: Path | None = None, check_images: bool = True, progress: bool = False
+    root: Path,
+    test_labels: Path | None = None,
+    check_images: bool = True,
+    progress: bool = False,
+    cache: Path | None = None,
 ) -> VerifyReport:
-    """Check everything about a root and collect every problem (see the module docstring for the rules)."""
+    """Check everything about a root and collect every problem (see the module docstring for the rules);
+    with `cache`, also the HDF5 pack of it that training would read (`vdd data pack`)."""
     root = Path(root).expanduser().resolve()
     report = VerifyReport(root)
     try:
@@ -119,6 +124,8 @@ def verify(
         checker.task(task, k)
     if check_images:
         checker.images(progress)
+    if cache is not None:
+        checker.cache(Path(cache))
     for row in report.rows:
         row.errors = checker.errors[row.task]
     return report
@@ -275,6 +282,41 @@ class _Checker:
                 path = self.ann / f"{task}_{'test_stripped' if split == 'test' else split}.json"
                 message = f"task {task} split {split}: expected {expected} images (official), found {found}"
                 self.add("error", path, message, task)
+
+    def cache(self, path: Path) -> None:
+        """The pack must be readable to its end, of this root's annotations, with every split's images."""
+        import h5py
+
+        from vdd_bench.benchmark import Benchmark
+        from vdd_bench.cache import FORMAT
+
+        fix = "delete it and re-pack (`vdd data pack`)"
+        try:
+            fingerprint = Benchmark.open(self.root, self.test_labels).fingerprint
+        except DataError:
+            fingerprint = None  # the annotation problems are reported on their own
+        try:
+            with h5py.File(path, "r") as h5:
+                if h5.attrs.get("format") != FORMAT:
+                    self.add("error", path, f"not a {FORMAT} cache file; {fix}")
+                    return
+                if fingerprint is not None and h5.attrs.get("fingerprint") != fingerprint:
+                    message = f"packed from other annotations than this root's ({fingerprint}): {fix}"
+                    self.add("error", path, message)
+                    return
+                for row in self.report.rows:
+                    for split, count in row.counts.items():
+                        key = f"{row.task}/{split}/images"
+                        if key not in h5:
+                            continue  # a pack of some tasks only: training decodes the others
+                        images = h5[key]
+                        if images.shape[0] != count:
+                            message = f"{key} holds {images.shape[0]} images, the annotations {count}; {fix}"
+                            self.add("error", path, message, row.task)
+                        elif count:
+                            images[count - 1]  # the last image: a file cut short fails here
+        except OSError as exc:
+            self.add("error", path, f"unreadable or truncated cache file ({exc}); {fix}")
 
     def images(self, progress: bool) -> None:
         """Decode every queued image fully, a few at a time in threads (PIL releases the GIL)."""
