@@ -284,3 +284,22 @@ def test_a_bad_profile_is_refused_in_one_line(make_root, tmp_path: Path, text: s
     args = ["sweep", "--file", str(sweep), "--launcher", "slurm", "--profile", str(path)]
     result = CliRunner().invoke(main, [*args, "--results", str(tmp_path / "r")])
     refused(result, str(path), needle)
+
+
+def test_a_done_run_with_an_unreadable_record_is_refused_not_skipped(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    config = RunConfig(
+        benchmark="b", benchmark_kind="custom", task="alpha", method="finetune", hparams={}, backbone={},
+        resolution=36,
+    )  # fmt: skip
+    store.start(config)
+    store.finish(config, {"metrics": {"test_acc": 50.0}})
+    record = store.run_dir(config.run_id) / "record.json"
+    record.write_text(record.read_text()[:40])  # a damaged disk: done, but the record cut short
+    for read in (lambda: list(store.done_records()), lambda: store.record(config.run_id)):
+        with pytest.raises(VddError) as caught:
+            read()
+        message = str(caught.value)
+        assert "\n" not in message and str(record) in message and "delete" in message
+    result = CliRunner().invoke(main, ["leaderboard", "--results", str(tmp_path)])
+    refused(result, str(record), "marked done but its record is unreadable")

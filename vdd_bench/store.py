@@ -93,7 +93,7 @@ class RunStore:
     def record(self, run_id: str) -> dict[str, Any] | None:
         if not self.is_done(run_id):
             return None
-        return json.loads((self.run_dir(run_id) / "record.json").read_text())
+        return read_record(str(self.run_dir(run_id) / "record.json"))
 
     def done_records(self) -> Iterator[dict[str, Any]]:
         """Every finished run; folders without a `done` marker (running, failed, half-written) are skipped."""
@@ -103,8 +103,25 @@ class RunStore:
         for name in sorted(os.listdir(root)):
             folder = os.path.join(root, name)
             if os.path.exists(os.path.join(folder, "done")):
-                with open(os.path.join(folder, "record.json"), encoding="utf-8") as handle:
-                    yield json.load(handle)
+                yield read_record(os.path.join(folder, "record.json"))
+
+
+def read_record(path: str) -> dict[str, Any]:
+    """The record of a done run. One that cannot be read (records are written whole before `done`, so only
+    a damaged disk or a hand edit does this) is refused naming it, never skipped or half-used."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            record = json.load(handle)
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+        done = os.path.join(os.path.dirname(path), "done")
+        raise VddError(
+            f"{path}: the run is marked done but its record is unreadable ({reason}): "
+            f"delete {done} to run it again"
+        ) from None
+    return record
 
 
 # --- claims: at most one process runs a run at a time ---
