@@ -4,11 +4,13 @@ and the one before it used.
 
 Each attempt runs in a forked child process (torch already imported, so an attempt takes about a second)
 with `VDD_FAULT=<point>:<n>` set: `vdd_bench.faults.fault_point` kills the child the n-th time it passes
-that point. Children train on one thread, so every attempt computes exactly the same numbers.
+that point. Children train on one thread, so every attempt computes exactly the same numbers. One test
+does the same through `vdd run` in fresh interpreters.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -182,6 +184,31 @@ def test_no_readable_checkpoint_stops_the_run_and_says_so(request_: RunRequest, 
     assert "checkpoint.pt is unreadable" in message
     assert "delete checkpoint.pt and checkpoint.prev.pt" in message
     assert not RunStore(results).is_done(request_.config.run_id)
+
+
+def test_the_vdd_command_killed_and_run_again_ends_with_the_same_record(
+    request_: RunRequest, reference: Path, tmp_path: Path
+) -> None:
+    """The same through the real command line in fresh interpreters (what a cluster job does)."""
+    import subprocess
+
+    results = tmp_path / "results"
+    config = request_.config
+    command = [
+        sys.executable, "-c", "from vdd_bench.cli import main; main()", "run",
+        "--method", config.method, "--task", config.task, "--benchmark", str(request_.root),
+        "--backbone", "resnet26", "--width", "0.125", "--resolution", "36", "--device", "cpu",
+        "--set", "epochs=2", "--set", "batch_size=16", "--no-progress", "--results", str(results),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "VDD_FAULT": "write:record.json:1"}
+    killed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not RunStore(results).is_done(config.run_id)
+    env.pop("VDD_FAULT")
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["run_id"] == config.run_id
+    same_run(request_, reference, results)
 
 
 def test_a_fault_point_is_inert_unless_armed(monkeypatch: pytest.MonkeyPatch) -> None:
