@@ -303,3 +303,37 @@ def test_a_done_run_with_an_unreadable_record_is_refused_not_skipped(tmp_path: P
         assert "\n" not in message and str(record) in message and "delete" in message
     result = CliRunner().invoke(main, ["leaderboard", "--results", str(tmp_path)])
     refused(result, str(record), "marked done but its record is unreadable")
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_the_relaunch_resumes(
+    make_root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    root, results = make_root(), tmp_path / "results"
+    straight = vdd_run(root, tmp_path / "straight", "--set", "epochs=2")
+    assert straight.exit_code == 0, straight.output
+    real_fsync, calls = os.fsync, []
+
+    def full(fd: int) -> None:  # the disk fills up while epoch 2's checkpoint is written
+        if Path(os.readlink(f"/proc/self/fd/{fd}")).name.startswith(".checkpoint.pt."):
+            calls.append(fd)
+            if len(calls) == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full)
+    line = refused(vdd_run(root, results, "--set", "epochs=2"), "checkpoint.pt: No space left on device")
+    assert "previous version, if any, is intact" in line and "free some space and relaunch" in line
+    no_done_marker(results)
+    [folder] = (results / "runs").iterdir()
+    assert torch.load(folder / "checkpoint.pt", weights_only=True)["epoch"] == 1  # the last good one
+    assert not list(folder.glob(".*.tmp"))
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    again = vdd_run(root, results, "--set", "epochs=2")
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["metrics"] == json.loads(straight.stdout)["metrics"]
+    a = torch.load(folder / "model.pt", weights_only=True)["model"]
+    b = torch.load(next((tmp_path / "straight" / "runs").iterdir()) / "model.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -80,10 +80,16 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     found unreadable later (a filesystem that lost the last write) still leaves the one before it."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
+    previous = previous_checkpoint(path)
     if path.exists():
-        os.replace(path, previous_checkpoint(path))
+        os.replace(path, previous)
     fault_point("engine.rotated")
-    atomic_write_bytes(path, buffer.getvalue())
+    try:
+        atomic_write_bytes(path, buffer.getvalue())
+    except BaseException:  # e.g. a full disk: the last good checkpoint goes back in its place
+        if not path.exists() and previous.exists():
+            os.replace(previous, path)
+        raise
 
 
 def remove_checkpoints(path: Path) -> None:

@@ -15,6 +15,7 @@ Layout of a run directory `<results>/runs/<run_id>/`:
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -51,8 +52,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(handle.fileno())
         fault_point(f"write:{path.name}")  # tests: a crash with the file written, not yet renamed
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise VddError(
+                f"{path}: {exc.strerror} while writing it (the previous version, if any, is intact): "
+                "free some space and relaunch; a run resumes from its last checkpoint"
+            ) from exc
         raise
 
 
