@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -70,7 +71,16 @@ def attempt(request: RunRequest, results: Path, fault: str | None = None, log: P
             sys.stderr.flush()
         finally:
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
+    deadline = time.monotonic() + 300
+    while True:  # never wait forever on a child that hangs
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError(f"the run hung for 300 s:\n{log.read_text() if log.exists() else ''}")
+        time.sleep(0.02)
     if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
         return KILLED
     if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
