@@ -234,9 +234,10 @@ class Trainer:
             kept = f"the checkpoint before this phase is kept in {self.checkpoint}"
         else:
             kept = "no checkpoint was written yet"
+        step = f"step {self.bad_step} of " if self.bad_step is not None else ""  # None: another rank's
         return (
-            f"{self.label}: loss became {loss} at step {self.bad_step} of epoch {epoch + 1} in phase "
-            f"{phase.name}; {kept}: lower the lr and relaunch"
+            f"{self.label}: loss became {loss} at {step}epoch {epoch + 1} in phase {phase.name}; {kept}: "
+            "lower the lr and relaunch"
         )
 
     def _prepare(self, model: nn.Module) -> nn.Module:
