@@ -101,7 +101,7 @@ def test_a_toy_sweep_through_slurm(toy_root: Path, toy_backbone: Path, tmp_path:
     states = {s["run_id"]: s for s in status}
     assert [s["state"] for s in status].count("done") == 5
     assert states[broken]["state"] == "failed"
-    assert states[broken]["error"].endswith("delete it to restart the run")  # "unreadable checkpoint ..."
+    assert states[broken]["error"].endswith("to restart the run from its first epoch")  # "no readable ..."
     assert Path(states[broken]["log"]).exists() and states[broken]["log"].endswith("_log.err")
     table = cli.invoke(main, ["status", "--results", str(cluster)]).output
     assert "6 runs: 5 done, 0 running, 0 pending, 1 failed, 0 todo" in table
@@ -219,7 +219,7 @@ def test_a_failed_chain_step_cancels_the_next_instead_of_leaving_it_pending(
             break
         time.sleep(1)
     assert states[first]["state"] == "failed" and states[first]["error"].endswith(
-        "delete it to restart the run"
+        "to restart the run from its first epoch"
     )
     assert states[second]["state"] == "failed"
     assert (
