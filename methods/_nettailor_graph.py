@@ -12,6 +12,7 @@ a block with no path left has no logits and no output node.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -49,6 +50,17 @@ class MainPath(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return preactivation(self.block, x)
+
+
+def proxy_stride(in_size: int, out_size: int) -> int:
+    """The pooling stride that takes a node of `in_size` to a block output of `out_size`: the blocks halve
+    the resolution with stride-2 convs (an odd size rounds up: 9 -> 5), so the drop is a power of two even
+    when the ratio of sizes is not (18 -> 5 is two stride-2 blocks: 4)."""
+    stride = 2 ** round(math.log2(in_size / out_size))
+    pooled = (in_size + 2 * (stride // 2) - (stride + 1)) // stride + 1 if stride > 1 else in_size
+    if pooled != out_size:
+        raise VddError(f"nettailor: no proxy pooling takes {in_size} px to {out_size} px: try another size")
+    return stride
 
 
 def make_proxy(in_ch: int, out_ch: int, stride: int, bottleneck: bool) -> nn.Sequential:
@@ -96,7 +108,7 @@ class TailoredNet(nn.Module):
             paths: list[Path] = [(MAIN, i)] + [(PROXY, src) for src in range(i, first - 1, -1)]
             out_ch, out_h = shapes[i + 1][0], shapes[i + 1][1]
             for _, src in paths[1:]:
-                stride = shapes[src][1] // out_h
+                stride = proxy_stride(shapes[src][1], out_h)
                 self.proxies[f"{i}_{src}"] = make_proxy(shapes[src][0], out_ch, stride, bottleneck)
             self.logits[str(i)] = nn.Parameter(torch.tensor([2.0] + [-2.0] * (len(paths) - 1)))
             self.paths.append(paths)

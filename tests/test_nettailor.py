@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from method_helpers import random_context, train_steps
 from torch import nn
 
-from methods._nettailor_graph import MAIN, PROXY, TailoredNet, choose_paths, exclude
+from methods._nettailor_graph import MAIN, PROXY, TailoredNet, choose_paths, exclude, proxy_stride
 from vdd_bench.accounting import count_macs, count_parameters
 from vdd_bench.backbones import Backbone, BackboneSpec, build_backbone
 from vdd_bench.method import get_method
@@ -176,3 +176,14 @@ def test_student_and_pruning_on_torchvision_resnets(backbone: str) -> None:
     assert sum(p[0] == MAIN for paths in model.paths for p in paths) <= len(model.paths) - 3
     assert count_macs(model, 32) < full
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, ctx.num_classes)
+
+
+@pytest.mark.parametrize("size", [32, 36, 38])
+def test_proxies_match_the_blocks_at_odd_resolutions(size: int) -> None:
+    """Uncropped 36 px inputs (GTSRB, Omniglot, SVHN at the small scale) reach 9 -> 5 px: every proxy's
+    pooling must land on its block's output size."""
+    torch.manual_seed(0)
+    model = TailoredNet(build_backbone(BackboneSpec("resnet26", width=0.25), 5), 3, size)
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, size, size)).shape == (2, 5)
+    assert proxy_stride(9, 5) == 2 and proxy_stride(18, 5) == 4 and proxy_stride(36, 5) == 8
