@@ -10,20 +10,16 @@ default) the run, its id and the checkpoint's name are those of the single-proce
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from tasks.generic import source_task
 from vdd_bench.backbones import BackboneSpec, build_backbone, save_checkpoint
 from vdd_bench.benchmark import Benchmark
 from vdd_bench.device import Device
 from vdd_bench.distributed import Distributed, check_batch, spawn
-from vdd_bench.engine import Trainer
-from vdd_bench.runner import RunRequest, execute, finish_run, load_run_model, open_run, plan_run
+from vdd_bench.runner import RunRequest, execute, finish_run, load_run_model, open_run, plan_run, train_run
 from vdd_bench.store import RunStore
 
 
@@ -170,22 +166,8 @@ def _execute_data_parallel(
     if existing is not None:
         return existing, None
     run = open_run(request, results)
-    torch.manual_seed(config.seed)
-    model = run.method.build(run.ctx)
-    trainer = Trainer(
-        run.method,
-        run.ctx,
-        device,
-        config.seed,
-        run.folder / "checkpoint.pt",
-        config.digest(),
-        progress=progress,
-        label=f"{config.method}/{config.task} x{dist.world_size}",
-        dist=dist,
-    )
-    started = time.perf_counter()
-    model, history = trainer.fit(model, run.data.train, run.data.augment)
+    model, history, trainer, seconds = train_run(run, device, progress, dist=dist)
     how = {**dist.describe(), "rank_weights": trainer.rank_digests}
     if not dist.is_main:
         return {}, how
-    return finish_run(run, model, device, time.perf_counter() - started, history), how
+    return finish_run(run, model, device, seconds, history), how

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from vdd_bench.images import load_split_images
 from vdd_bench.method import METHODS, Method, TaskContext, get_method, resolve_hparams
 from vdd_bench.normalization import task_mean_std
 from vdd_bench.store import RunStore, atomic_write_bytes
+
+if TYPE_CHECKING:
+    from vdd_bench.distributed import Distributed
 
 MODEL_FORMAT = "vdd-model/1"  # model.pt: the final weights (+ the structure a method's surgery left)
 _FINGERPRINTS: dict[tuple[str, int, int], str] = {}
@@ -326,6 +329,20 @@ def execute(
     for needed in request.inputs.values():
         execute(needed, results, device, progress)
     run = open_run(request, Path(results))
+    model, history, _, seconds = train_run(run, device, progress, on_epoch_end)
+    return finish_run(run, model, device, seconds, history)
+
+
+def train_run(
+    run: OpenRun,
+    device: Device,
+    progress: bool,
+    on_epoch_end: Callable[[int, int], None] | None = None,
+    dist: Distributed | None = None,
+) -> tuple[torch.nn.Module, list[dict[str, Any]], Trainer, float]:
+    """Build the method's model (seeded) and train it through the engine, resuming from the run's last
+    checkpoint; returns the model, the history, the trainer and the training seconds."""
+    config = run.request.config
     torch.manual_seed(config.seed)
     model = run.method.build(run.ctx)
     trainer = Trainer(
@@ -336,9 +353,10 @@ def execute(
         run.folder / "checkpoint.pt",
         config.digest(),
         progress=progress,
-        label=f"{config.method}/{config.task}",
+        label=f"{config.method}/{config.task}" + (f" x{dist.world_size}" if dist else ""),
         on_epoch_end=on_epoch_end,
+        dist=dist,
     )
     started = time.perf_counter()
     model, history = trainer.fit(model, run.data.train, run.data.augment)
-    return finish_run(run, model, device, time.perf_counter() - started, history)
+    return model, history, trainer, time.perf_counter() - started
