@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +17,13 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 from vdd_bench import augment as aug
-from vdd_bench.augment import augment_batch, crop_at, make_spec, take
+from vdd_bench.augment import augment_batch, make_spec, take
+from vdd_bench.batches import epoch_batches
 
 
 def reference_augment(images, spec, train, generator=None):
-    """The plain formulation (batched gathers, float flips, out-of-place normalisation)."""
+    """The plain formulation: reflect padding of the whole batch, batched gathers, float flips, then the
+    documented normalisation ``x * (1 / (255 std)) - mean / std`` (jitter: on x / 255 first)."""
     x = images
     if train and spec.random_crop:
         if spec.pad:
@@ -34,15 +37,20 @@ def reference_augment(images, spec, train, generator=None):
     else:
         offset = int(round((spec.stored - spec.crop) / 2.0))
         x = x[..., offset : offset + spec.crop, offset : offset + spec.crop]
-    x = x.float() / 255.0
+    x = x.float()
     if train and spec.flip:
         flip = aug._rand(len(x), generator) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    mean = torch.tensor(spec.mean, dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float64).view(1, 3, 1, 1)
+    shift = (-mean / std).float()
     if train and spec.jitter > 0:
-        x = aug._jitter(x, spec.jitter, generator)
-    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std).view(1, 3, 1, 1)
-    return (x - mean) / std
+        x = aug._jitter(
+            x * torch.tensor(1 / 255.0, dtype=torch.float32),
+            aug._jitter_factors(spec.jitter, len(x), generator),
+        )
+        return x * (1 / std).float() + shift
+    return x * (1 / (255 * std)).float() + shift
 
 
 @pytest.mark.parametrize("recipe", ["residual_adapters", "nettailor"])
@@ -60,11 +68,42 @@ def test_fast_augmentation_is_bitwise_the_plain_one(recipe: str, task: str) -> N
     assert torch.equal(images, before)  # the input batch is never changed in place
 
 
-def test_crop_and_take_match_indexing() -> None:
+@pytest.mark.parametrize("recipe", ["residual_adapters", "nettailor"])
+@pytest.mark.parametrize("task", ["cifar100", "gtsrb", "my-task"])
+def test_compiled_kernel_and_tensor_path_give_the_same_bits(recipe: str, task: str) -> None:
+    """The CPU kernel against the tensor gathers a GPU runs (here on CPU tensors), on a subset of a larger
+    array in a shuffled order, flipped, padded and plain crops alike."""
+    images = torch.randint(
+        0, 256, (40, 3, 36, 36), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
+    )
+    spec = make_spec(recipe, task, 36, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3))
+    index = np.array([39, 0, 7, 7, 21, 3, 30, 12, 5, 18, 26, 1])
+    for train in (True, False):
+        batch = aug.draw(spec, len(index), train, torch.Generator().manual_seed(2))
+        scale, shift = aug._affine(spec, from_bytes=True)
+        fast = aug.crop_normalise_cpu(images.numpy(), index, batch.rows, batch.cols, scale, shift)
+        tensor = aug.crop_normalise_torch(images, index, batch.rows, batch.cols, scale, shift)
+        assert torch.equal(fast, tensor)
+        whole = augment_batch(images[index], spec, train, torch.Generator().manual_seed(2))
+        assert torch.equal(aug.apply(images.numpy(), index, batch, spec), whole)
+
+
+def test_apply_reads_a_read_only_memory_map_and_checks_indices(tmp_path: Path) -> None:
+    images = np.random.default_rng(0).integers(0, 256, (10, 3, 9, 9), dtype=np.uint8)
+    images.tofile(tmp_path / "images.bin")
+    mapped = np.memmap(tmp_path / "images.bin", dtype=np.uint8, mode="r", shape=images.shape)
+    spec = make_spec("residual_adapters", "my-task", 9, (0.5,) * 3, (0.25,) * 3)
+    batch = aug.draw(spec, 3, True, torch.Generator().manual_seed(0))
+    assert torch.equal(
+        aug.apply(mapped, np.array([9, 2, 4]), batch, spec),
+        aug.apply(images, np.array([9, 2, 4]), batch, spec),
+    )
+    with pytest.raises(IndexError, match="out of range for 10 images"):
+        aug.apply(mapped, np.array([9, 10, 4]), batch, spec)
+
+
+def test_take_matches_indexing() -> None:
     x = torch.randint(0, 256, (9, 3, 10, 10), dtype=torch.uint8)
-    top, left = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 2]), torch.tensor([3, 2, 1, 0, 0, 1, 2, 3, 3])
-    expected = torch.stack([x[i, :, top[i] : top[i] + 7, left[i] : left[i] + 7] for i in range(9)])
-    assert torch.equal(crop_at(x, top, left, 7), expected)
     index = torch.tensor([4, 0, 8, 4])
     assert torch.equal(take(x, index), x[index])
 
@@ -117,7 +156,7 @@ def test_vdd_bench_prints_ratios_with_their_baselines() -> None:
     args = ["bench", "--quick", "--workers", "1", "--json", "--only", "data,tailored,harness"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)  # stderr may carry the compiler's warnings
     rows = report["rows"]
     assert {r["section"] for r in rows} == {"data", "tailored", "harness"}
     baselines = {r["baseline"] for r in rows}
@@ -127,3 +166,63 @@ def test_vdd_bench_prints_ratios_with_their_baselines() -> None:
         assert r["value"] > 0 and r["baseline_value"] > 0
         assert r["ratio"] == pytest.approx(r["value"] / r["baseline_value"])
     assert "no GPU" in report["setup"]["machine"] or "GPU:" in report["setup"]["machine"]
+
+
+def _epoch(images, labels, spec, workers: int, seed: int = 3) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(images), generator=generator).numpy()
+    batches = [order[s : s + 8] for s in range(0, len(order), 8)]
+    return list(epoch_batches(images, labels, batches, spec, generator, torch.device("cpu"), workers))
+
+
+@pytest.mark.parametrize("recipe", ["residual_adapters", "nettailor"])
+def test_epoch_batches_do_not_depend_on_workers_and_are_the_serial_loop(recipe: str) -> None:
+    """Workers only copy: every batch (held all at once here, so none may be written over) is bitwise the
+    one a plain loop over the same generator makes, for any number of workers."""
+    images = np.random.default_rng(0).integers(0, 256, (45, 3, 36, 36), dtype=np.uint8)
+    labels = torch.arange(45) * 10
+    spec = make_spec(recipe, "gtsrb", 36, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3))
+    generator = torch.Generator().manual_seed(3)
+    order = torch.randperm(45, generator=generator)
+    serial = [augment_batch(take(images, order[s : s + 8]), spec, True, generator) for s in range(0, 45, 8)]
+    for workers in (0, 1, 3):
+        batches = _epoch(images, labels, spec, workers)
+        assert [len(x) for x, _ in batches] == [8, 8, 8, 8, 8, 5]
+        for (x, y), expected, start in zip(batches, serial, range(0, 45, 8), strict=True):
+            assert torch.equal(x, expected)
+            assert torch.equal(y, order[start : start + 8] * 10)
+
+
+def test_epoch_batches_reuse_an_output_only_once_it_is_released() -> None:
+    images = np.random.default_rng(1).integers(0, 256, (64, 3, 9, 9), dtype=np.uint8)
+    spec = make_spec("residual_adapters", "my-task", 9, (0.5,) * 3, (0.25,) * 3)
+    order = [np.arange(s, s + 4) for s in range(0, 64, 4)]
+    storages = set()
+    for x, _ in epoch_batches(
+        images,
+        torch.zeros(64, dtype=torch.int64),
+        order,
+        spec,
+        torch.Generator().manual_seed(0),
+        torch.device("cpu"),
+        2,
+    ):
+        storages.add(x.untyped_storage().data_ptr())
+    assert len(storages) <= 4  # released batches' memory is used again (16 batches, a few arrays)
+
+
+def test_epoch_batches_stop_cleanly_when_the_consumer_does() -> None:
+    images = np.zeros((200, 3, 9, 9), dtype=np.uint8)
+    spec = make_spec("residual_adapters", "my-task", 9, (0.5,) * 3, (0.25,) * 3)
+    stream = epoch_batches(
+        images,
+        torch.zeros(200, dtype=torch.int64),
+        [np.arange(4)] * 50,
+        spec,
+        torch.Generator().manual_seed(0),
+        torch.device("cpu"),
+        2,
+    )
+    next(stream)
+    stream.close()  # an error in the training step: the queued batches are dropped, the threads end
+    assert not any(t.name.startswith("vdd-batches") for t in threading.enumerate())

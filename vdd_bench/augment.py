@@ -17,16 +17,22 @@ centre `crop` at test time.
 - every other task: random crop of `crop` + flip; test: centre `crop`.
 NetTailor squashes images to 72x72 before padding where we crop the centre square, and its colour jitter
 applies the three adjustments in random order where we apply brightness, contrast, saturation in turn.
+
+A batch is made in two steps: `draw` takes the batch's random numbers and resolves them into pixel maps
+(which stored row and column every output pixel comes from: crop, reflect padding and flip in one), and
+`apply` reads the pixels through those maps and normalises them in one pass (on the CPU a compiled kernel,
+elsewhere tensor gathers). Normalisation is ``x * (1 / (255 std)) - mean / std`` in float32, within 5e-7 of
+torchvision's ``Normalize(mean, std)(ToTensor()(x))``.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from tasks.generic import task_facts
 from vdd_bench.errors import VddError
@@ -76,98 +82,156 @@ def make_spec(
     raise VddError(f"unknown augmentation recipe {recipe!r}; use one of {', '.join(RECIPES)}")
 
 
+@dataclass(frozen=True)
+class BatchDraw:
+    """A batch's random draws resolved into pixel maps: output row y of image b is stored row rows[b, y],
+    output column x is stored column cols[b, x] (reflect padding resolved, flips reversed), and the colour
+    jitter factors [3, B] (brightness, contrast, saturation), or None."""
+
+    rows: np.ndarray  # int64 [B, crop]
+    cols: np.ndarray  # int64 [B, crop]
+    jitter: torch.Tensor | None = None
+
+
+def draw(spec: AugmentSpec, n: int, train: bool, generator: torch.Generator | None = None) -> BatchDraw:
+    """The placement of `n` images. Test mode is the deterministic centre crop. In train mode every random
+    number comes from `generator` (the default CPU generator when None), drawn in a fixed order: crop rows,
+    crop columns, flips, jitter factors."""
+    steps = np.arange(spec.crop)
+    if train and spec.random_crop:
+        span = spec.stored + 2 * spec.pad - spec.crop + 1
+        top = _randint(span, n, generator).cpu().numpy() - spec.pad
+        left = _randint(span, n, generator).cpu().numpy() - spec.pad
+    else:
+        offset = int(round((spec.stored - spec.crop) / 2.0))  # torchvision's CenterCrop rounding
+        top = left = np.full(n, offset)
+    rows, cols = top[:, None] + steps, left[:, None] + steps
+    if spec.pad:
+        rows, cols = _reflect(rows, spec.stored), _reflect(cols, spec.stored)
+    if train and spec.flip:
+        flip = (_rand(n, generator) < 0.5).cpu().numpy()
+        cols = np.where(flip[:, None], cols[:, ::-1], cols)
+    jitter = _jitter_factors(spec.jitter, n, generator) if train and spec.jitter > 0 else None
+    return BatchDraw(rows, cols, jitter)
+
+
+def apply(
+    images: torch.Tensor | np.ndarray,
+    index: np.ndarray,
+    batch: BatchDraw,
+    spec: AugmentSpec,
+    out: np.ndarray | None = None,
+) -> torch.Tensor:
+    """images[index] cropped, flipped, jittered and normalised as `batch` says: float32 [B, 3, crop, crop].
+
+    `images` (uint8 [N, 3, stored, stored]) may be a numpy array (a memory-mapped cache, say): on the CPU
+    the batch is made by the compiled kernel in one pass (`vdd_bench.crop_kernel`), into `out` when given;
+    on another device by tensor gathers there. Both give the same bits."""
+    _check(images, spec)
+    index = np.asarray(index, dtype=np.int64)
+    if len(index) and (index.min() < 0 or index.max() >= len(images)):
+        raise IndexError(f"image index out of range for {len(images)} images")
+    if batch.jitter is None:
+        scale, shift = _affine(spec, from_bytes=True)
+    else:  # jitter works on 0-1 images: normalise after it
+        scale, shift = np.full(3, 1 / 255.0, dtype=np.float32), np.zeros(3, dtype=np.float32)
+    if isinstance(images, np.ndarray) or images.device.type == "cpu":
+        array = images if isinstance(images, np.ndarray) else images.numpy()
+        made = crop_normalise_cpu(array, index, batch.rows, batch.cols, scale, shift, out)
+    else:
+        made = crop_normalise_torch(images, index, batch.rows, batch.cols, scale, shift)
+    if batch.jitter is not None:
+        made = _jitter(made, batch.jitter)
+        scale, shift = _affine(spec, from_bytes=False)
+        made = made.mul_(torch.tensor(scale).to(made.device).view(1, 3, 1, 1))
+        made = made.add_(torch.tensor(shift).to(made.device).view(1, 3, 1, 1))
+    return made
+
+
 def augment_batch(
     images: torch.Tensor, spec: AugmentSpec, train: bool, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """uint8 [B, 3, stored, stored] -> normalised float32 [B, 3, crop, crop] on the same device.
+    """uint8 [B, 3, stored, stored] -> normalised float32 [B, 3, crop, crop] on the same device (`draw`
+    then `apply` on the whole batch)."""
+    _check(images, spec)
+    return apply(images, np.arange(len(images)), draw(spec, len(images), train, generator), spec)
 
-    Test mode is the deterministic centre crop. In train mode every random number comes from `generator`
-    (the default CPU generator when None), drawn in a fixed order: crop offsets, flips, jitter factors.
-    """
+
+def crop_normalise_cpu(
+    array: np.ndarray,
+    index: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    scale: np.ndarray,
+    shift: np.ndarray,
+    out: np.ndarray | None = None,
+) -> torch.Tensor:
+    """The compiled one-pass kernel (indices already checked), into `out` or a new array."""
+    from vdd_bench.crop_kernel import crop_normalise
+
+    shape = (len(index), array.shape[1], rows.shape[1], cols.shape[1])
+    if out is None:
+        out = np.empty(shape, dtype=np.float32)
+    elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a contiguous float32 array of shape {shape}")
+    crop_normalise(array, index, rows, cols, scale, shift, out)
+    return torch.from_numpy(out)
+
+
+def crop_normalise_torch(
+    images: torch.Tensor,
+    index: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    scale: np.ndarray,
+    shift: np.ndarray,
+) -> torch.Tensor:
+    """The same batch with tensor operations on the images' device: one gather, a multiply and an add."""
+    device = images.device
+    picked = images[
+        torch.from_numpy(index).to(device)[:, None, None],
+        :,
+        torch.from_numpy(np.ascontiguousarray(rows)).to(device)[:, :, None],
+        torch.from_numpy(np.ascontiguousarray(cols)).to(device)[:, None, :],
+    ]  # [B, crop, crop, 3]: the advanced indices come first
+    out = picked.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+    out = out.mul_(torch.tensor(scale).to(device).view(1, 3, 1, 1))
+    return out.add_(torch.tensor(shift).to(device).view(1, 3, 1, 1))
+
+
+def take(images: torch.Tensor | np.ndarray, index: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """images[index] along the first dimension, on the CPU, through numpy's take (whole images at a time,
+    several times faster than torch's advanced indexing of uint8 tensors)."""
+    array = images if isinstance(images, np.ndarray) else images.numpy()
+    chosen = index if isinstance(index, np.ndarray) else index.numpy()
+    return torch.from_numpy(np.take(array, chosen, axis=0))
+
+
+def _check(images: torch.Tensor | np.ndarray, spec: AugmentSpec) -> None:
     if (
-        images.dtype != torch.uint8
+        images.dtype not in (torch.uint8, np.uint8)
         or images.ndim != 4
         or tuple(images.shape[1:]) != (3, spec.stored, spec.stored)
     ):
         raise ValueError(
             f"expected uint8 [B, 3, {spec.stored}, {spec.stored}], got {images.dtype} {tuple(images.shape)}"
         )
-    x, owned = images, False  # owned: x is a fresh tensor that may be changed in place
-    if train and spec.random_crop:
-        if spec.pad:
-            x = F.pad(x.float(), (spec.pad,) * 4, mode="reflect")
-        top = _randint(x.shape[-1] - spec.crop + 1, len(x), generator).to(x.device)
-        left = _randint(x.shape[-1] - spec.crop + 1, len(x), generator).to(x.device)
-        if spec.flip and x.device.type == "cpu":  # one copy: each window read in its final orientation
-            flip = (_rand(len(x), generator) < 0.5).to(x.device)
-            x, owned = crop_at(x, top, left, spec.crop, flip), True
-        else:
-            x, owned = crop_at(x, top, left, spec.crop), True
-    else:
-        offset = int(round((spec.stored - spec.crop) / 2.0))  # torchvision's CenterCrop rounding
-        x = x[..., offset : offset + spec.crop, offset : offset + spec.crop]
-    if train and spec.flip and not (spec.random_crop and x.device.type == "cpu"):
-        flip = (_rand(len(x), generator) < 0.5).to(x.device)
-        x = flip_where(x, flip, inplace=owned)
-    # exact and in place: the same float operations as (x / 255 - mean) / std, without temporaries
-    x = x.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
-    x.div_(255.0)
-    if train and spec.jitter > 0:
-        x = _jitter(x, spec.jitter, generator)
-    mean = torch.tensor(spec.mean, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std, device=x.device).view(1, 3, 1, 1)
-    return x.sub_(mean).div_(std)
 
 
-def take(images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """images[index] along the first dimension. On CPU through numpy's take, which copies whole images
-    (several times faster than torch's advanced indexing of uint8 tensors)."""
-    if images.device.type == "cpu" and index.device.type == "cpu":
-        return torch.from_numpy(np.take(images.numpy(), index.numpy(), axis=0))
-    return images.index_select(0, index.to(images.device))
+@functools.lru_cache(maxsize=64)
+def _affine(spec: AugmentSpec, from_bytes: bool) -> tuple[np.ndarray, np.ndarray]:
+    """float32 (scale, shift) of the normalisation, from 0-255 values or from 0-1 values."""
+    mean, std = np.asarray(spec.mean, dtype=np.float64), np.asarray(spec.std, dtype=np.float64)
+    scale = (1.0 / ((255.0 if from_bytes else 1.0) * std)).astype(np.float32)
+    shift = (-mean / std).astype(np.float32)
+    scale.flags.writeable = shift.flags.writeable = False  # shared by every call (cached)
+    return scale, shift
 
 
-def flip_where(x: torch.Tensor, flip: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-    """x with the images where `flip` is true mirrored horizontally (exact for any dtype); a copy unless
-    `inplace`."""
-    out = x if inplace else x.clone()
-    chosen = flip.nonzero().squeeze(1)
-    if len(chosen):
-        out[chosen] = out.index_select(0, chosen).flip(-1)
-    return out
-
-
-def crop_at(
-    x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int, flip: torch.Tensor | None = None
-) -> torch.Tensor:
-    """x[i, :, top[i]:top[i]+size, left[i]:left[i]+size] for every i (mirrored where `flip`, CPU only),
-    without a per-image loop.
-
-    On CPU: fancy-indexed copies out of numpy's strided views of every window (whole rows at a time, an
-    order of magnitude faster than gathers); a flipped crop is the window of the mirrored view at the
-    mirrored offset, so cropping and flipping cost one copy. Elsewhere: two batched gathers."""
-    if x.device.type == "cpu" and top.device.type == "cpu" and left.device.type == "cpu":
-        from numpy.lib.stride_tricks import sliding_window_view
-
-        array, top_, left_ = x.numpy(), top.numpy(), left.numpy()
-        windows = sliding_window_view(array, (size, size), axis=(2, 3))  # [B, C, H', W', size, size]
-        if flip is None or not bool(flip.any()):
-            return torch.from_numpy(windows[np.arange(len(x)), :, top_, left_])
-        mirrored = sliding_window_view(array[..., ::-1], (size, size), axis=(2, 3))
-        flip_ = flip.numpy()
-        out = np.empty((len(x), x.shape[1], size, size), dtype=array.dtype)
-        keep, turn = np.nonzero(~flip_)[0], np.nonzero(flip_)[0]
-        out[keep] = windows[keep, :, top_[keep], left_[keep]]
-        out[turn] = mirrored[turn, :, top_[turn], x.shape[-1] - size - left_[turn]]
-        return torch.from_numpy(out)
-    if flip is not None:
-        raise ValueError("crop_at flips on CPU only; use flip_where on other devices")
-    b, c, _, w = x.shape
-    steps = torch.arange(size, device=x.device)
-    rows = (top[:, None] + steps)[:, None, :, None].expand(b, c, size, w)
-    x = x.gather(2, rows)
-    cols = (left[:, None] + steps)[:, None, None, :].expand(b, c, size, size)
-    return x.gather(3, cols)
+def _reflect(positions: np.ndarray, size: int) -> np.ndarray:
+    """Positions of a reflect-padded axis (as torch's ``F.pad(mode="reflect")``) in the unpadded one."""
+    positions = np.abs(positions)
+    return np.where(positions > size - 1, 2 * (size - 1) - positions, positions)
 
 
 def _device(generator: torch.Generator | None) -> torch.device:
@@ -182,16 +246,20 @@ def _rand(n: int, generator: torch.Generator | None) -> torch.Tensor:
     return torch.rand(n, generator=generator, device=_device(generator))
 
 
-def _jitter(x: torch.Tensor, strength: float, generator: torch.Generator | None) -> torch.Tensor:
-    """torchvision-style brightness, contrast and saturation jitter with per-image factors, on 0-1 images."""
+def _jitter_factors(strength: float, n: int, generator: torch.Generator | None) -> torch.Tensor:
+    """[3, n] brightness, contrast and saturation factors, drawn in that order."""
 
     def factors(s: float) -> torch.Tensor:
         low, high = max(0.0, 1.0 - s), 1.0 + s
-        return (low + (high - low) * _rand(len(x), generator)).to(x.device)[:, None, None, None]
+        return low + (high - low) * _rand(n, generator).cpu()
 
-    brightness = factors(strength)
-    contrast = factors(strength * _JITTER_CONTRAST_SATURATION)
-    saturation = factors(strength * _JITTER_CONTRAST_SATURATION)
+    strength_cs = strength * _JITTER_CONTRAST_SATURATION
+    return torch.stack([factors(strength), factors(strength_cs), factors(strength_cs)])
+
+
+def _jitter(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """torchvision-style brightness, contrast and saturation jitter with per-image factors, on 0-1 images."""
+    brightness, contrast, saturation = (f.to(x.device)[:, None, None, None] for f in factors)
     weights = torch.tensor(_GRAY, device=x.device).view(1, 3, 1, 1)
     x = (x * brightness).clamp(0, 1)
     gray_mean = (x * weights).sum(1, keepdim=True).mean((2, 3), keepdim=True)

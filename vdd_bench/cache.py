@@ -59,7 +59,12 @@ def pack(
 
 
 def read_split(cache: Path, bench: Benchmark, index: SplitIndex, size: int) -> np.ndarray | None:
-    """uint8 [N, 3, size, size] from the cache; None when packed for other data or size, or without it."""
+    """uint8 [N, 3, size, size] from the cache; None when packed for other data or size, or without it.
+
+    A contiguous dataset (what `pack` writes) is memory-mapped, not read: pages come from the operating
+    system's file cache when first touched, so a run starts at once and a large split is not held twice in
+    memory. The mapping is copy-on-write (never written back); replacing the file (a new pack) leaves it
+    valid. Any other layout is read whole."""
     import h5py
 
     key = f"{index.task}/{index.split}/images"
@@ -70,8 +75,13 @@ def read_split(cache: Path, bench: Benchmark, index: SplitIndex, size: int) -> n
                 return None
             if attrs.get("size") != size or key not in h5:
                 return None
-            images = h5[key][()]
-    except OSError as exc:
+            dataset = h5[key]
+            offset = dataset.id.get_offset() if dataset.chunks is None else None
+            if offset is None or dataset.dtype != np.uint8 or dataset.size == 0:
+                images = dataset[()]
+            else:
+                images = np.memmap(cache, dtype=np.uint8, mode="c", offset=offset, shape=dataset.shape)
+    except (OSError, ValueError) as exc:
         raise DataError(
             f"{cache}: unreadable or truncated cache file ({exc}); delete it and re-pack (`vdd data pack`)"
         ) from exc

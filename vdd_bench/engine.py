@@ -21,7 +21,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from vdd_bench.augment import AugmentSpec, augment_batch, take
+from vdd_bench.augment import AugmentSpec, augment_batch
+from vdd_bench.batches import epoch_batches
 from vdd_bench.device import Device
 from vdd_bench.errors import VddError
 from vdd_bench.faults import fault_point
@@ -36,7 +37,7 @@ CHECKPOINT_FORMAT = "vdd-train-state/1"
 
 @dataclass
 class LabelledImages:
-    images: torch.Tensor  # uint8 [N, 3, S, S]
+    images: np.ndarray  # uint8 [N, 3, S, S], possibly a memory-mapped cache
     labels: torch.Tensor  # int64 [N]
 
 
@@ -255,22 +256,23 @@ class Trainer:
     ) -> float:
         self.method.train_mode(model)
         count = len(data.labels)
-        order = torch.randperm(count, generator=generator)
+        order = torch.randperm(count, generator=generator).numpy()
+        batches = [
+            index
+            for index in (order[s : s + phase.batch_size] for s in range(0, count, phase.batch_size))
+            # a single image breaks BatchNorm in training mode
+            if len(index) >= 2 and (self.dist is None or self.dist.trains_on(len(index)))
+        ]
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device.torch_device)
         seen = 0
         step_losses: list[torch.Tensor] = []  # to name the first non-finite step without a sync per step
-        for start in range(0, count, phase.batch_size):
-            batch = order[start : start + phase.batch_size]
-            if len(batch) < 2:  # a single image breaks BatchNorm in training mode
-                continue
-            if self.dist is not None and not self.dist.trains_on(len(batch)):
-                continue
-            images = augment_batch(take(data.images, batch), augment, train=True, generator=generator)
-            labels, scale = data.labels[batch], 1.0
+        for images, labels in epoch_batches(
+            data.images, data.labels, batches, augment, generator, self.device.torch_device
+        ):
+            scale = 1.0
             if self.dist is not None:  # the whole batch's augmentation is drawn, as in one process
                 images, labels, scale = self.dist.shard(images, labels)
-            images = self.device.prepare_batch(images.to(self.device.torch_device, non_blocking=True))
-            labels = labels.to(self.device.torch_device, non_blocking=True)
+            images = self.device.prepare_batch(images)
             with self.device.autocast():
                 loss = self.method.loss(model, images, labels, self.ctx)
             optimizer.zero_grad(set_to_none=True)
@@ -315,8 +317,8 @@ def predict(
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
-        batch = augment_batch(images[start : start + batch_size], augment, train=False)
-        batch = device.prepare_batch(batch.to(device.torch_device))
+        uint8 = images[start : start + batch_size].to(device.torch_device)
+        batch = device.prepare_batch(augment_batch(uint8, augment, train=False))
         with device.autocast():
             logits = model(batch)
         out.append(logits.argmax(dim=1).cpu())

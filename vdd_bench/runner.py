@@ -185,7 +185,8 @@ def load_task_data(bench: Benchmark, config: RunConfig, results: Path) -> TaskDa
     mean, std = task_mean_std(bench, config.task, images["train"], results)
     fit = ["train", "val"] if config.protocol == "trainval" else ["train"]
     train = LabelledImages(
-        images=torch.from_numpy(np.concatenate([images[n] for n in fit])),
+        # one split is used in place (a memory-mapped cache is not copied); train+val is joined once
+        images=images[fit[0]] if len(fit) == 1 else np.concatenate([images[n] for n in fit]),
         labels=torch.from_numpy(np.concatenate([splits[n].labels for n in fit])),
     )
     return TaskData(splits, images, train, make_spec(config.recipe, config.task, size, mean, std))
