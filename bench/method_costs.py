@@ -1,7 +1,9 @@
 """Training cost of each parameter-sharing method relative to fine-tuning, on the same backbone and batch.
 
 One training step = the method's own ``train_mode``, ``loss``, backward and optimizer step (its
-``param_groups`` and phase optimizer). Time: median of ``--steps`` timed steps after ``--warmup`` steps.
+``param_groups`` and phase optimizer). Time: median of ``--steps`` timed steps after ``--warmup`` steps
+(the first warm-up step compiles the model with ``--compile``); ``--precision bf16`` trains under bf16
+autocast on channels_last tensors, as the harness does on a GPU.
 Peak memory of one step above what was allocated before it (activations, gradients, optimizer state):
 on CUDA ``torch.cuda.max_memory_allocated``; on CPU the allocation timeline of the torch profiler
 (``profile_memory``): the largest running sum of the ops' self allocations in time order. Ratios are
@@ -35,13 +37,22 @@ def context(method: str, spec: BackboneSpec, size: int, classes: int = 100) -> T
     return TaskContext("bench", classes, spec, pretrained, 1000, hparams, size)
 
 
-def make_step(method: Method, model: nn.Module, ctx: TaskContext, images: torch.Tensor, labels: torch.Tensor):
+def make_step(
+    method: Method,
+    model: nn.Module,
+    ctx: TaskContext,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    precision: str = "fp32",
+):
+    """One training step; ``precision="bf16"``: under bf16 autocast, as the harness trains on a GPU."""
     phase = method.phases(ctx)[0]
     optimizer = make_optimizer(method.param_groups(model, phase, ctx), phase)
 
     def step() -> None:
         method.train_mode(model)
-        loss = method.loss(model, images, labels, ctx)
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = method.loss(model, images, labels, ctx)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -76,7 +87,12 @@ def measure(method_name: str, args: argparse.Namespace, device: torch.device) ->
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(args.batch, 3, args.size, args.size, generator=generator).to(device)
     labels = torch.randint(0, ctx.num_classes, (args.batch,), generator=generator).to(device)
-    step = make_step(method, model, ctx, images, labels)
+    if args.precision == "bf16":  # the harness's GPU form: bf16 autocast on channels_last tensors
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    if args.compile:
+        model = torch.compile(model)
+    step = make_step(method, model, ctx, images, labels, args.precision)
     for _ in range(args.warmup):
         step()
     times = []
@@ -106,6 +122,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--methods", default=",".join(METHOD_NAMES))
+    parser.add_argument(
+        "--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast + channels_last"
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the model (compiled by the warm-up)"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     if args.threads:
@@ -123,6 +145,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         "backbone": str(BackboneSpec(args.backbone, width=args.width)),
         "input": args.size,
         "batch": args.batch,
+        "precision": args.precision + (", torch.compile" if args.compile else ""),
         "device": str(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__,
     }

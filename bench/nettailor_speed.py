@@ -14,10 +14,10 @@ import argparse
 
 import torch
 
-from methods._nettailor_graph import TailoredNet, choose_paths, parse_skips
-from methods.nettailor import median_forward_seconds
 from vdd_bench.accounting import count_macs
 from vdd_bench.backbones import BackboneSpec, build_backbone
+from vdd_bench.benchmarks import random_student
+from vdd_bench.latency import median_forward_seconds
 
 
 def main() -> None:
@@ -28,8 +28,6 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--remove", default="0,2,4,6,8,10", help="k values: pre-trained blocks removed")
-    parser.add_argument("--skips", default="3")
-    parser.add_argument("--threshold", type=float, default=0.05)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     args = parser.parse_args()
@@ -46,12 +44,7 @@ def main() -> None:
     print(f"full network: {full_macs / 1e6:.1f} MMACs, {1000 * full_s:.2f} ms")
     print(f"{'k':>3} {'kept':>5} {'MMACs':>8} {'ms':>8} {'MAC ratio':>10} {'speed-up':>9}")
     for k in (int(v) for v in args.remove.split(",")):
-        torch.manual_seed(0)
-        model = TailoredNet(build_backbone(spec, 10), parse_skips(args.skips), args.size)
-        with torch.no_grad():
-            for logits in model.logits.values():
-                logits.normal_(0.0, 2.0)
-        model.restrict(choose_paths(model, k, args.threshold))
+        model = random_student(spec, args.size, k)
         macs = count_macs(model, args.size)
         seconds = median_forward_seconds(model.to(device), images, args.repeats)
         kept = sum(1 for i, paths in enumerate(model.paths) if ("main", i) in paths)

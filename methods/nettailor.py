@@ -18,8 +18,6 @@ Facts from the authors' code are the defaults (see docs/nettailor.md for every o
 from __future__ import annotations
 
 import json
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -38,6 +36,7 @@ from methods._nettailor_graph import (
 )
 from vdd_bench.backbones import Backbone, build_backbone
 from vdd_bench.errors import VddError
+from vdd_bench.latency import interleaved_median_seconds
 from vdd_bench.method import Method, Phase, TaskContext, pretrained_backbone, register_method
 from vdd_bench.runner import load_run_model
 
@@ -326,27 +325,10 @@ def architecture(model: TailoredNet) -> dict[str, Any]:
 
 
 @torch.inference_mode()
-def median_forward_seconds(model: nn.Module, images: Tensor, repeats: int = 7) -> float:
-    """Median wall time of one forward pass of ``images`` (after one warm-up pass), eval mode."""
-    model.eval()
-    model(images)
-    times = []
-    for _ in range(repeats):
-        if images.is_cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        model(images)
-        if images.is_cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def speed(model: nn.Module, teacher: nn.Module, size: int, batch: int = 32) -> dict[str, Any]:
     """Tailored network vs the full fine-tuned teacher on the same device (the record's CPU copy)."""
     images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-    tailored_s = median_forward_seconds(model, images)
-    teacher_s = median_forward_seconds(teacher, images)
+    tailored_s, teacher_s = interleaved_median_seconds([model, teacher], images)
     return {
         "device": f"cpu ({torch.get_num_threads()} threads)",
         "batch": batch,

@@ -36,9 +36,11 @@ import numpy as np
 import torch
 
 SECTIONS = ("data", "methods", "tailored", "bundle", "harness")
-MINI_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "mini-decathlon"
 _REPO = Path(__file__).resolve().parents[1]
 HARNESS_TARGET_S = 2.0
+
+
+CPU = torch.device("cpu")
 
 
 @dataclass
@@ -47,8 +49,10 @@ class BenchOptions:
     sections: list[str] | None = None
     data_root: Path | None = None
     nettailor_results: Path | None = None
-    workers: int = 2  # the baseline loader's worker processes
+    workers: int = 2  # the baseline loader's worker processes, and the harness path's threads
     threads: int = 1  # torch threads for the model timings (methods, tailored)
+    device: torch.device = CPU  # a GPU adds the GPU rows
+    compile: bool = True  # the torch.compile rows (training step, tailored networks)
 
 
 def _row(
@@ -80,11 +84,7 @@ def _threads(n: int) -> Iterator[None]:
 
 
 def _data_root(options: BenchOptions, tmp: Path) -> Path:
-    if options.data_root is not None:
-        return options.data_root
-    if not options.quick and (MINI_ROOT / "annotations").is_dir():
-        return MINI_ROOT
-    return _toy(tmp)
+    return options.data_root if options.data_root is not None else _toy(tmp)
 
 
 def _toy(tmp: Path) -> Path:
@@ -128,7 +128,8 @@ def _best(fn: Callable[[], float], repeats: int) -> float:
 
 
 def bench_data(options: BenchOptions, tmp: Path) -> tuple[list[dict], dict]:
-    from vdd_bench.augment import augment_batch, make_spec, take
+    from vdd_bench.augment import augment_batch, make_spec
+    from vdd_bench.batches import epoch_batches
     from vdd_bench.benchmark import Benchmark
     from vdd_bench.cache import BlockShuffleReader, pack, read_split
     from vdd_bench.normalization import channel_mean_std
@@ -142,27 +143,30 @@ def bench_data(options: BenchOptions, tmp: Path) -> tuple[list[dict], dict]:
     cache = pack(bench, tmp / "cache.h5", size, [task], progress=False)
     batch, workers = 128, options.workers
     n = len(index)
+    labels = torch.from_numpy(index.labels)
+    packed = read_split(cache, bench, index, size)
+    spec = make_spec("residual_adapters", "any-task", size, *channel_mean_std(packed[:256]))
+    resident: dict[str, np.ndarray] = {}
 
-    resident: dict[str, torch.Tensor] = {}
-
-    def harness_epoch(seed: int, read: bool = True) -> float:
-        """Cache read (whole contiguous dataset; `read=False`: already in memory, as from the second epoch
-        on) + one epoch of shuffled, augmented batches, as the engine reads them."""
+    def harness_epoch(seed: int, read: bool = True, device: torch.device = CPU) -> float:
+        """Cache read (`read_split`: the contiguous dataset memory-mapped; `read=False`: already mapped and
+        paged in, as from the second epoch on) + one epoch of shuffled, augmented batches made by
+        `epoch_batches` exactly as the engine asks for them, with `workers` threads."""
         start = time.perf_counter()
         if read or "images" not in resident:
-            resident["images"] = torch.from_numpy(read_split(cache, bench, index, size))
-        images = resident["images"]
-        spec = make_spec("residual_adapters", "any-task", size, *channel_mean_std(images[:256].numpy()))
+            resident["images"] = read_split(cache, bench, index, size)
         generator = torch.Generator().manual_seed(seed)
-        order = torch.randperm(n, generator=generator)
-        for s in range(0, n, batch):
-            augment_batch(take(images, order[s : s + batch]), spec, train=True, generator=generator)
+        order = torch.randperm(n, generator=generator).numpy()
+        batches = [order[s : s + batch] for s in range(0, n, batch)]
+        for _ in epoch_batches(resident["images"], labels, batches, spec, generator, device, workers):
+            pass
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         return n / (time.perf_counter() - start)
 
     def block_epoch(seed: int) -> float:
         start = time.perf_counter()
         reader = BlockShuffleReader(cache, task, "train", block=1024, window=2)
-        spec = make_spec("residual_adapters", "any-task", size, (0.5,) * 3, (0.25,) * 3)
         generator = torch.Generator().manual_seed(seed)
         for images, _ in reader.batches(generator, batch):
             augment_batch(images, spec, train=True, generator=generator)
@@ -172,7 +176,7 @@ def bench_data(options: BenchOptions, tmp: Path) -> tuple[list[dict], dict]:
     crop = round(size * 64 / 72)
 
     def baseline_epoch(seed: int) -> float:
-        dataset = _JpegDataset(files, index.labels, size, crop, (0.5,) * 3, (0.25,) * 3)
+        dataset = _JpegDataset(files, index.labels, size, crop, spec.mean, spec.std)
         loader = torch.utils.data.DataLoader(
             dataset,
             batch_size=batch,
@@ -185,7 +189,6 @@ def bench_data(options: BenchOptions, tmp: Path) -> tuple[list[dict], dict]:
             pass
         return n / (time.perf_counter() - start)
 
-    packed = read_split(cache, bench, index, size)
     target = np.empty_like(packed)
 
     def memcopy(seed: int) -> float:
@@ -194,16 +197,16 @@ def bench_data(options: BenchOptions, tmp: Path) -> tuple[list[dict], dict]:
         return n / (time.perf_counter() - start)
 
     repeats = 1 if options.quick else 3
-    with _threads(1):  # the harness reads in the training process itself, one thread, no workers
-        harness_epoch(0)  # warm-up: lazy imports and first-call allocations
-        ours = _best(lambda: harness_epoch(0), repeats)
-        steady = _best(lambda: harness_epoch(0, read=False), repeats)
-        block = _best(lambda: block_epoch(0), repeats)
-        copy = _best(lambda: memcopy(0), 5)
+    harness_epoch(0)  # warm-up: lazy imports, the kernel's compilation (or its cache) and first allocations
+    ours = _best(lambda: harness_epoch(0), repeats)
+    steady = _best(lambda: harness_epoch(0, read=False), repeats)
+    block = _best(lambda: block_epoch(0), repeats)
+    copy = _best(lambda: memcopy(0), 5)
     base = _best(lambda: baseline_epoch(0), 1 if options.quick else 2)
     setup = {
-        "data": f"{bench.name} ({bench.kind}) task {task}: {n} images stored at {size} px, batch {batch}; "
-        "the harness path in the training process (1 thread), the loader in worker processes"
+        "data": f"{bench.name} ({bench.kind}) task {task}: {n} images stored at {size} px, batch {batch}, "
+        f"the cache file in the OS file cache (as the baseline's JPEGs are); the harness path with {workers} "
+        f"threads, the loader with {workers} worker processes"
     }
     loader = f"PIL+torchvision, {workers} workers"
     memory = "memory copy of the same bytes"
@@ -220,7 +223,37 @@ def bench_data(options: BenchOptions, tmp: Path) -> tuple[list[dict], dict]:
         _row("data", block_name, block, "img/s", loader, base),
         _row("data", block_name, block, "img/s", memory, copy),
     ]
+    if options.device.type == "cuda":
+        gpu = _best(lambda: harness_epoch(0, read=False, device=options.device), repeats)
+        consumed, model = _training_consumption(options, batch)
+        rows.append(
+            _row(
+                "data",
+                f"harness read path to {_gpu_name(options)}, img/s",
+                gpu,
+                "img/s",
+                model,
+                consumed,
+                ">= 3",
+            )
+        )
     return rows, setup
+
+
+def _gpu_name(options: BenchOptions) -> str:
+    return torch.cuda.get_device_name(options.device)
+
+
+def _training_consumption(options: BenchOptions, batch: int) -> tuple[float, str]:
+    """Images per second that fine-tuning ResNet-26 at 64 px consumes on the bench's device (the harness's
+    GPU form: bf16 autocast, channels_last)."""
+    costs = _bench_script("method_costs")
+    if costs is None:
+        raise RuntimeError("bench/method_costs.py not found (not a source checkout)")
+    args = ["--json", "--methods", "finetune", "--batch", str(batch), "--precision", "bf16"]
+    with contextlib.redirect_stdout(open(os.devnull, "w")):  # noqa: SIM115 - closed with the process
+        rows = costs.main([*args, "--device", str(options.device), "--steps", "20", "--warmup", "5"])
+    return batch / rows[0]["step_s"], f"finetune training, resnet26 64 px, batch {batch}, bf16, img/s"
 
 
 # ---------------------------------------------------------------------------------------- methods
@@ -237,32 +270,60 @@ def _bench_script(name: str):
 
 
 def bench_methods(options: BenchOptions) -> tuple[list[dict], dict]:
+    """Each method's training step against fine-tuning's, then fine-tuning itself in bf16 autocast +
+    channels_last against fp32 and compiled against eager (all on the bench's device)."""
     costs = _bench_script("method_costs")
     if costs is None:
         return [], {"methods": "bench/method_costs.py not found (not a source checkout)"}
-    args = ["--json", "--threads", str(options.threads)]
-    if options.quick:
-        args += ["--width", "0.25", "--size", "32", "--batch", "4", "--steps", "1", "--warmup", "1"]
-    with contextlib.redirect_stdout(open(os.devnull, "w")):  # noqa: SIM115 - closed with the process
-        rows = costs.main(args)
-    base = next(r for r in rows if r["method"] == "finetune")
     batch = 4 if options.quick else 32
-    out = []
-    for r in rows:
-        if r["method"] == "finetune":
-            continue
-        out.append(
-            _row(
-                "methods",
-                f"{r['method']} training, img/s",
-                batch / r["step_s"],
-                "img/s",
-                "finetune",
-                batch / base["step_s"],
-            )
+    common = ["--json", "--threads", str(options.threads), "--device", str(options.device)]
+    if options.quick:
+        common += ["--width", "0.25", "--size", "32", "--batch", "4", "--steps", "1", "--warmup", "1"]
+
+    def measure(*extra: str) -> list[dict]:
+        with contextlib.redirect_stdout(open(os.devnull, "w")):  # noqa: SIM115 - closed with the process
+            return costs.main([*common, *extra])
+
+    rows = measure()
+    base = next(r for r in rows if r["method"] == "finetune")
+    out = [
+        _row(
+            "methods",
+            f"{r['method']} training, img/s",
+            batch / r["step_s"],
+            "img/s",
+            "finetune",
+            batch / base["step_s"],
         )
+        for r in rows
+        if r["method"] != "finetune"
+    ]
+    bf16 = measure("--methods", "finetune", "--precision", "bf16")[0]
+    name = "finetune training, bf16 autocast + channels_last, img/s"
+    out.append(
+        _row("methods", name, batch / bf16["step_s"], "img/s", "finetune fp32", batch / base["step_s"])
+    )
+    notes = []
+    if options.compile:
+        try:
+            compiled = measure("--methods", "finetune", "--compile")[0]
+        except Exception as exc:  # the compiler backend's errors have no common type
+            notes.append(f"torch.compile rows left out: {str(exc).strip().splitlines()[0][:200]}")
+        else:
+            name = "finetune training, torch.compile, img/s"
+            out.append(
+                _row(
+                    "methods",
+                    name,
+                    batch / compiled["step_s"],
+                    "img/s",
+                    "finetune eager",
+                    batch / base["step_s"],
+                )
+            )
     model = "resnet26 w0.25 at 32 px, batch 4" if options.quick else "resnet26 at 64 px, batch 32"
-    return out, {"methods": f"{model}, {options.threads} threads, fp32 on CPU"}
+    where = str(options.device) if options.device.type == "cuda" else f"cpu, {options.threads} threads"
+    return out, {"methods": f"{model}, {where}, fp32 unless said" + "".join(f"; {n}" for n in notes)}
 
 
 # --------------------------------------------------------------------------------------- tailored
@@ -276,82 +337,107 @@ def _nettailor_records(results: Path | None) -> list[dict[str, Any]]:
     return [r for r in RunStore(results).done_records() if r["config"]["method"] == "nettailor"]
 
 
-def bench_tailored(options: BenchOptions) -> tuple[list[dict], dict]:
+def random_student(spec, size: int, remove_blocks: int, classes: int = 10) -> torch.nn.Module:
+    """A NetTailor student pruned for real with random attention logits (fixed seed) standing in for trained
+    ones: timing does not depend on the weights."""
+    from methods._nettailor_graph import TailoredNet, choose_paths, parse_skips
+    from vdd_bench.backbones import build_backbone
+
+    torch.manual_seed(0)
+    model = TailoredNet(build_backbone(spec, classes), parse_skips("3"), size)
+    with torch.no_grad():
+        for logits in model.logits.values():
+            logits.normal_(0.0, 2.0)
+    model.restrict(choose_paths(model, remove_blocks, 0.05))
+    return model
+
+
+def _tailored_pairs(options: BenchOptions) -> tuple[list[tuple[str, Any, Any, int]], str]:
+    """(name, tailored network, its fine-tuned teacher, input size) for every finished nettailor run of the
+    run store; randomly pruned students against a random full network when there are none."""
     from vdd_bench.backbones import BackboneSpec, build_backbone
     from vdd_bench.method import TaskContext, get_method
     from vdd_bench.runner import load_run_model
     from vdd_bench.store import RunStore
 
     records = _nettailor_records(options.nettailor_results)
-    rows = []
-    batch, repeats = (8, 3) if options.quick else (32, 9)
-    with _threads(options.threads):
-        if records:
-            store = RunStore(options.nettailor_results)
-            method = get_method("nettailor")
-            for r in records:
-                config = r["config"]
-                spec = BackboneSpec.from_dict(
-                    {k: v for k, v in config["backbone"].items() if k != "checkpoint"}
-                )
-                state, structure = load_run_model(store.run_dir(r["run_id"]))
-                size = r["accounting"]["input_size"]
-                pretrained_like = build_backbone(spec, r["num_classes"]).state_dict()
-                ctx = TaskContext(
-                    r["task"],
-                    r["num_classes"],
-                    spec,
-                    pretrained_like,
-                    r["num_classes"],
-                    config["hparams"],
-                    size,
-                )
-                model = method.inference_model(ctx, structure)
-                model.load_state_dict(state)
-                teacher_state, _ = load_run_model(store.run_dir(config["inputs"]["teacher"]))
-                teacher = build_backbone(spec, r["num_classes"])
-                teacher.load_state_dict(teacher_state)
-                rows.append(
-                    _tailored_row(f"{r['task']} ({r['run_id'][-6:]})", model, teacher, size, batch, repeats)
-                )
-            source = f"{len(records)} finished nettailor runs"
-        else:
-            from methods._nettailor_graph import TailoredNet, choose_paths, parse_skips
-
-            spec, size = (
-                BackboneSpec("resnet26", width=0.25 if options.quick else 1.0),
-                32 if options.quick else 64,
+    pairs = []
+    if records:
+        store = RunStore(options.nettailor_results)
+        method = get_method("nettailor")
+        for r in records:
+            config = r["config"]
+            spec = BackboneSpec.from_dict({k: v for k, v in config["backbone"].items() if k != "checkpoint"})
+            state, structure = load_run_model(store.run_dir(r["run_id"]))
+            size = r["accounting"]["input_size"]
+            pretrained_like = build_backbone(spec, r["num_classes"]).state_dict()
+            hparams = config["hparams"]
+            ctx = TaskContext(
+                r["task"], r["num_classes"], spec, pretrained_like, r["num_classes"], hparams, size
             )
-            torch.manual_seed(0)
-            teacher = build_backbone(spec, 10)
-            for k in (0, 4, 8):
-                torch.manual_seed(0)
-                model = TailoredNet(build_backbone(spec, 10), parse_skips("3"), size)
-                with torch.no_grad():
-                    for logits in model.logits.values():
-                        logits.normal_(0.0, 2.0)
-                model.restrict(choose_paths(model, k, 0.05))
-                rows.append(
-                    _tailored_row(f"random student, {k} blocks removed", model, teacher, size, batch, repeats)
-                )
-            source = "no finished nettailor runs: randomly pruned students"
-    return rows, {"tailored": f"{source}; batch {batch}, CPU {options.threads} threads"}
+            model = method.inference_model(ctx, structure)
+            model.load_state_dict(state)
+            teacher_state, _ = load_run_model(store.run_dir(config["inputs"]["teacher"]))
+            teacher = build_backbone(spec, r["num_classes"])
+            teacher.load_state_dict(teacher_state)
+            pairs.append((f"{r['task']} ({r['run_id'][-6:]})", model, teacher, size))
+        return pairs, f"{len(records)} finished nettailor runs"
+    spec = BackboneSpec("resnet26", width=0.25 if options.quick else 1.0)
+    size = 32 if options.quick else 64
+    torch.manual_seed(0)
+    teacher = build_backbone(spec, 10)
+    for k in (0, 4, 8):
+        pairs.append((f"random student, {k} blocks removed", random_student(spec, size, k), teacher, size))
+    return pairs, f"no finished nettailor runs: randomly pruned students of {spec} at {size} px"
 
 
-def _tailored_row(name: str, model, teacher, size: int, batch: int, repeats: int) -> dict:
-    from methods.nettailor import median_forward_seconds
+def bench_tailored(options: BenchOptions) -> tuple[list[dict], dict]:
+    """Per tailored network and device: its latency against its teacher's next to its MACs ratio, eager
+    (as the harness evaluates) and compiled (`vdd_bench.latency.compiled`, the deployed form)."""
     from vdd_bench.accounting import count_macs
+    from vdd_bench.device import Device
+    from vdd_bench.latency import CompileUnavailable, compiled, interleaved_median_seconds
 
-    images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-    tailored_s = median_forward_seconds(model.eval(), images, repeats)
-    teacher_s = median_forward_seconds(teacher.eval(), images, repeats)
-    macs_ratio = count_macs(model, size) / count_macs(teacher, size)
-    latency_ratio = tailored_s / teacher_s
-    row = _row(
-        "tailored", f"{name}: latency ratio", latency_ratio, "x teacher", "MACs ratio", macs_ratio, "<= 1.25"
+    pairs, source = _tailored_pairs(options)
+    batch, repeats = (8, 3) if options.quick else (32, 25)
+    devices = [Device(torch.device("cpu"))] + (
+        [Device(options.device)] if options.device.type == "cuda" else []
     )
-    row["latency_ms"], row["teacher_ms"] = 1000 * tailored_s, 1000 * teacher_s
-    return row
+    rows, notes = [], []
+    with _threads(options.threads):
+        for number, (name, model, teacher, size) in enumerate(pairs):
+            macs_ratio = count_macs(model, size) / count_macs(teacher, size)
+            for device in devices:
+                where = "" if device.torch_device.type == "cpu" else f", {_gpu_name(options)}"
+                nets = [device.prepare_model(model.eval()), device.prepare_model(teacher.eval())]
+                images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+                images = device.prepare_batch(images.to(device.torch_device))
+                forms = ["eager"]
+                if options.compile and not (options.quick and number > 0):  # quick: one compiled pair
+                    forms.append("compiled")
+                for form in forms:
+                    with device.autocast():
+                        try:
+                            timed = compiled(nets, images) if form == "compiled" else nets
+                        except CompileUnavailable as exc:
+                            notes.append(str(exc))
+                            continue
+                        tailored_s, teacher_s = interleaved_median_seconds(timed, images, repeats)
+                    row = _row(
+                        "tailored",
+                        f"{name}, {form}{where}: latency ratio",
+                        tailored_s / teacher_s,
+                        "x teacher",
+                        "MACs ratio",
+                        macs_ratio,
+                        "<= 1.25",
+                    )
+                    row["latency_ms"], row["teacher_ms"] = 1000 * tailored_s, 1000 * teacher_s
+                    rows.append(row)
+    setup = f"{source}; batch {batch}, CPU {options.threads} threads" + "".join(
+        f"; {n}" for n in sorted(set(notes))
+    )
+    return rows, {"tailored": setup}
 
 
 # ----------------------------------------------------------------------------------------- bundle

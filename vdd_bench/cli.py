@@ -747,7 +747,7 @@ def export_bundle(
     "--data-root",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=None,
-    help="Benchmark root for the data path (default: the mini-decathlon sample when present, else the toy).",
+    help="Benchmark root for the data path: its largest task (default: the toy decathlon).",
 )
 @click.option(
     "--nettailor-results",
@@ -759,6 +759,16 @@ def export_bundle(
     "--workers", type=int, default=2, show_default=True, help="Worker processes of the baseline loader."
 )
 @click.option("--threads", type=int, default=1, show_default=True, help="Torch threads for model timings.")
+@click.option(
+    "--device", default=None, help="cpu, cuda or cuda:N (default: a GPU when present); a GPU adds its rows."
+)
+@click.option(
+    "--compile/--no-compile",
+    "use_compile",
+    default=True,
+    show_default=True,
+    help="Also time compiled networks (torch.compile; minutes on a CPU).",
+)
 @RESULTS
 def bench(
     as_json: bool,
@@ -768,10 +778,13 @@ def bench(
     nettailor_results: Path | None,
     workers: int,
     threads: int,
+    device: str | None,
+    use_compile: bool,
     results: Path,
 ) -> None:
     """Measure the harness's speed as ratios against baselines on this machine, and print them."""
     from vdd_bench.benchmarks import BenchOptions, render, run_benchmarks
+    from vdd_bench.device import pick_device
 
     options = BenchOptions(
         quick=quick,
@@ -780,6 +793,8 @@ def bench(
         nettailor_results=nettailor_results or results,
         workers=workers,
         threads=threads,
+        device=pick_device(device).torch_device,
+        compile=use_compile,
     )
     report = run_benchmarks(options)
     click.echo(json.dumps(report, indent=2) if as_json else render(report))
