@@ -1,11 +1,26 @@
-"""LwF on the toy decathlon: forgetting is measured, and distillation lowers it against plain fine-tuning."""
+"""LwF on the toy decathlon: forgetting is measured, and distillation holds the old head's responses.
+
+What LwF optimises, and so what is asserted: the old task's head, on the new task's images, keeps answering
+what the previous network answered, where plain sequential fine-tuning (the same chain without the
+distillation term) lets it drift. Whether that also keeps the old task's own accuracy depends on how much
+those responses say about the old task; on the toy it varies with the task pair, the seed and the machine's
+floating-point rounding (docs/continual.md has the measurements), so accuracy is reported, not asserted.
+"""
 
 from __future__ import annotations
 
 import pytest
+import torch
+import torch.nn.functional as F
 from method_helpers import ToyEnv, make_toy_env
 
-from vdd_bench.continual import plan_chain, run_chain
+from vdd_bench.augment import augment_batch, make_spec
+from vdd_bench.backbones import load_checkpoint
+from vdd_bench.continual import ChainResult, plan_chain, run_chain
+from vdd_bench.images import load_split_images
+from vdd_bench.method import get_method
+from vdd_bench.normalization import task_mean_std
+from vdd_bench.runner import default_resolution, load_run_model
 from vdd_bench.store import RunStore
 
 ORDER = ["colors", "stripes"]
@@ -19,8 +34,34 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> ToyEnv:
     return make_toy_env(tmp_path_factory)
 
 
-def test_distillation_lowers_forgetting(env: ToyEnv) -> None:
-    def chain(overrides: dict):
+def old_head_drift(env: ToyEnv, result: ChainResult) -> tuple[float, float]:
+    """KL divergence (temperature 2, as the distillation) of the first task's head after the second step from
+    the same head after the first step, on the second task's training images, and how often they agree."""
+    spec, _, _ = load_checkpoint(env.checkpoint)
+    lwf = get_method("lwf")
+
+    def first_head(run_id: str) -> torch.nn.Module:
+        state, structure = load_run_model(RunStore(env.results).run_dir(run_id))
+        model = lwf.skeleton(spec, structure)
+        model.load_state_dict(state)
+        return lwf.select_task(model, ORDER[0]).eval()
+
+    size = default_resolution(env.bench)
+    images = load_split_images(env.bench, env.bench.split(ORDER[1], "train"), size)
+    mean, std = task_mean_std(env.bench, ORDER[1], images, env.results)
+    batch = augment_batch(
+        torch.from_numpy(images), make_spec("residual_adapters", ORDER[1], size, mean, std), False
+    )
+    with torch.no_grad():
+        before, after = first_head(result.run_ids[0])(batch), first_head(result.run_ids[1])(batch)
+    kl = F.kl_div(
+        F.log_softmax(after / 2, 1), F.log_softmax(before / 2, 1), log_target=True, reduction="batchmean"
+    )
+    return float(kl), float((before.argmax(1) == after.argmax(1)).float().mean())
+
+
+def test_distillation_holds_the_old_head_and_forgetting_is_measured(env: ToyEnv) -> None:
+    def chain(overrides: dict) -> ChainResult:
         requests = plan_chain(env.bench, "lwf", ORDER, overrides, backbone_checkpoint=env.checkpoint)
         return run_chain(requests, env.results, progress=False)
 
@@ -34,7 +75,7 @@ def test_distillation_lowers_forgetting(env: ToyEnv) -> None:
                 RunStore(env.results).record(run_id)["metrics"]["test_acc"]
             )
     assert lwf.matrix[0][0] == plain.matrix[0][0]
-    # stripes share nothing with colors: plain fine-tuning at lr 0.1 loses about half of colors (44-50 points
-    # with the backbones seen), LwF a few points
-    gap = plain.forgetting["colors"] - lwf.forgetting["colors"]
-    assert gap >= 20, f"forgetting: lwf {lwf.forgetting['colors']}, plain {plain.forgetting['colors']}"
+    # measured here: LwF KL 0.09-0.30 and agreement 0.80-0.95, plain fine-tuning KL 0.64-3.2 and 0.16-0.60
+    (kl_lwf, agree_lwf), (kl_plain, agree_plain) = old_head_drift(env, lwf), old_head_drift(env, plain)
+    assert kl_lwf < 0.5 * kl_plain, (kl_lwf, kl_plain)
+    assert agree_lwf >= agree_plain + 0.2, (agree_lwf, agree_plain)
