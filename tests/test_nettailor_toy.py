@@ -1,8 +1,12 @@
 """NetTailor's whole procedure on the toy decathlon: teacher, student, pruned candidates, selection.
 
 The paper's central finding at toy scale: the easy task (``colors``, separable by mean colour) keeps fewer
-pre-trained blocks and fewer MACs than a harder one (``stripes``). Short schedules: the complexity weight is
-raised to 1.0 because a few dozen steps move the attention logits little at the default 0.3.
+pre-trained blocks and fewer MACs than a harder one (``pedestrians``: a stick figure against clutter in
+noise). The hard task has to be one the short teacher schedule really learns: a teacher near chance
+(``stripes`` here: 19% for 8 classes) makes any pruned network "within the tolerance" and the comparison
+meaningless.
+Short schedules: the complexity weight is raised to 1.0 because a few dozen steps move the attention logits
+little at the default 0.3.
 """
 
 from __future__ import annotations
@@ -31,9 +35,10 @@ def toy_env(tmp_path_factory: pytest.TempPathFactory) -> ToyEnv:
 
 def test_easy_tasks_get_leaner_networks_within_the_tolerance(toy_env: ToyEnv) -> None:
     chosen = {}
-    for task in ("colors", "stripes"):
+    for task, chance in (("colors", 25.0), ("pedestrians", 50.0)):
         run = run_method(toy_env, "nettailor", TOY_OVERRIDES, task=task)
         report = run.record["method_report"]
+        assert report["teacher_val_acc"] >= chance + 25  # measured: colors 98, pedestrians 79
         assert [c["remove_blocks"] for c in report["candidates"]] == [0, 8]
         pick = next(c for c in report["candidates"] if c["remove_blocks"] == report["chosen"])
         if report["within_tolerance"]:
@@ -51,5 +56,5 @@ def test_easy_tasks_get_leaner_networks_within_the_tolerance(toy_env: ToyEnv) ->
         records = list(RunStore(toy_env.results).done_records())
         view = render_architectures(records, {r["run_id"]: r for r in records}, diagrams=True)
         assert run.record["run_id"] in view and report["diagram"] in view
-    assert chosen["colors"][0] < chosen["stripes"][0], chosen
-    assert chosen["colors"][1] < chosen["stripes"][1], chosen
+    assert chosen["colors"][0] < chosen["pedestrians"][0], chosen
+    assert chosen["colors"][1] < chosen["pedestrians"][1], chosen
