@@ -95,6 +95,7 @@ class TailoredNet(nn.Module):
     def __init__(self, backbone: Backbone, skips: int | None, input_size: int) -> None:
         super().__init__()
         self.stem, self.head, self.classifier = backbone.stem, backbone.head, backbone.classifier
+        self.skips = skips
         for module in (self.stem, self.head, *backbone.blocks):
             module.requires_grad_(False)
         shapes = _node_shapes(backbone, input_size)

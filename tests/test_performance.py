@@ -226,3 +226,19 @@ def test_epoch_batches_stop_cleanly_when_the_consumer_does() -> None:
     next(stream)
     stream.close()  # an error in the training step: the queued batches are dropped, the threads end
     assert not any(t.name.startswith("vdd-batches") for t in threading.enumerate())
+
+
+def test_a_tailored_architecture_is_rebuilt_at_the_decathlon_scale() -> None:
+    from vdd_bench.accounting import count_macs
+    from vdd_bench.backbones import BackboneSpec
+    from vdd_bench.benchmarks import at_decathlon_scale, random_student
+
+    small = random_student(BackboneSpec("resnet26", width=0.25), 32, remove_blocks=6)
+    scaled, full, size = at_decathlon_scale(small)
+    assert size == 64 and scaled.paths == small.paths
+    removed = [i for i, paths in enumerate(small.paths) if ("main", i) not in paths]
+    assert len(removed) >= 6 and not any(
+        k.startswith(f"mains.{i}.") for i in removed for k in scaled.state_dict()
+    )
+    assert scaled.stem[0].out_channels == 4 * small.stem[0].out_channels  # width 1 against 0.25
+    assert count_macs(scaled, size) < 0.75 * count_macs(full, size)

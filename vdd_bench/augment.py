@@ -153,7 +153,6 @@ def augment_batch(
 ) -> torch.Tensor:
     """uint8 [B, 3, stored, stored] -> normalised float32 [B, 3, crop, crop] on the same device (`draw`
     then `apply` on the whole batch)."""
-    _check(images, spec)
     return apply(images, np.arange(len(images)), draw(spec, len(images), train, generator), spec)
 
 
