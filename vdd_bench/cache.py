@@ -1,9 +1,10 @@
 """HDF5 pack of decoded images: one file per (benchmark fingerprint, stored size).
 
-Layout: `/<task>/<split>/images` uint8 [N, 3, S, S] (contiguous: reads here are whole datasets, and random
-reads of chunked datasets are slow), `/<task>/<split>/labels` int64 (absent for unlabelled test splits),
-`/<task>/<split>/image_ids` int64; file attrs `fingerprint`, `size`, `format`. The file is written under a
-temporary name and renamed when complete, so an interrupted pack never leaves a file that looks finished.
+Layout: `/<task>/<split>/images` uint8 [N, 3, S, S] (contiguous, so that training memory-maps it at its file
+offset; random reads of chunked datasets are slow), `/<task>/<split>/labels` int64 (absent for unlabelled
+test splits), `/<task>/<split>/image_ids` int64; file attrs `fingerprint`, `size`, `format`. The file is
+written under a temporary name and renamed when complete, so an interrupted pack never leaves a file that
+looks finished.
 """
 
 from __future__ import annotations
