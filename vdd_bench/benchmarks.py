@@ -247,12 +247,10 @@ def _gpu_name(options: BenchOptions) -> str:
 def _training_consumption(options: BenchOptions, batch: int) -> tuple[float, str]:
     """Images per second that fine-tuning ResNet-26 at 64 px consumes on the bench's device (the harness's
     GPU form: bf16 autocast, channels_last)."""
-    costs = _bench_script("method_costs")
-    if costs is None:
+    args = ["--methods", "finetune", "--batch", str(batch), "--precision", "bf16", "--steps", "20"]
+    rows = _method_costs([*args, "--warmup", "5", "--device", str(options.device)])
+    if rows is None:
         raise RuntimeError("bench/method_costs.py not found (not a source checkout)")
-    args = ["--json", "--methods", "finetune", "--batch", str(batch), "--precision", "bf16"]
-    with contextlib.redirect_stdout(open(os.devnull, "w")):  # noqa: SIM115 - closed with the process
-        rows = costs.main([*args, "--device", str(options.device), "--steps", "20", "--warmup", "5"])
     return batch / rows[0]["step_s"], f"finetune training, resnet26 64 px, batch {batch}, bf16, img/s"
 
 
@@ -269,22 +267,29 @@ def _bench_script(name: str):
     return module
 
 
+def _method_costs(args: list[str]) -> list[dict] | None:
+    """Rows of `bench/method_costs.py` (None outside a source checkout), its table silenced."""
+    costs = _bench_script("method_costs")
+    if costs is None:
+        return None
+    with contextlib.redirect_stdout(open(os.devnull, "w")):  # noqa: SIM115 - closed with the process
+        return costs.main(["--json", *args])
+
+
 def bench_methods(options: BenchOptions) -> tuple[list[dict], dict]:
     """Each method's training step against fine-tuning's, then fine-tuning itself in bf16 autocast +
     channels_last against fp32 and compiled against eager (all on the bench's device)."""
-    costs = _bench_script("method_costs")
-    if costs is None:
-        return [], {"methods": "bench/method_costs.py not found (not a source checkout)"}
     batch = 4 if options.quick else 32
-    common = ["--json", "--threads", str(options.threads), "--device", str(options.device)]
+    common = ["--threads", str(options.threads), "--device", str(options.device)]
     if options.quick:
         common += ["--width", "0.25", "--size", "32", "--batch", "4", "--steps", "1", "--warmup", "1"]
 
-    def measure(*extra: str) -> list[dict]:
-        with contextlib.redirect_stdout(open(os.devnull, "w")):  # noqa: SIM115 - closed with the process
-            return costs.main([*common, *extra])
+    def measure(*extra: str) -> list[dict] | None:
+        return _method_costs([*common, *extra])
 
     rows = measure()
+    if rows is None:
+        return [], {"methods": "bench/method_costs.py not found (not a source checkout)"}
     base = next(r for r in rows if r["method"] == "finetune")
     out = [
         _row(
