@@ -324,7 +324,6 @@ def architecture(model: TailoredNet) -> dict[str, Any]:
     }
 
 
-@torch.inference_mode()
 def speed(model: nn.Module, teacher: nn.Module, size: int, batch: int = 32) -> dict[str, Any]:
     """Tailored network vs the full fine-tuned teacher on the same device (the record's CPU copy)."""
     images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
