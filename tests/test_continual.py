@@ -84,3 +84,7 @@ def test_cli_chain_and_the_continual_leaderboard(env: ToyEnv, tmp_path: Path) ->
     )
     [chain] = json.loads(as_json.output)
     assert set(chain["forgetting"]) == {"colors"} and chain["matrix"][0][1] is None
+    # the main leaderboard's row is the network at the end of the chain, not each step's own network
+    board = CliRunner().invoke(main, ["leaderboard", "--format", "json", "--results", str(tmp_path)])
+    [row] = [r for group in json.loads(board.output) for r in group["rows"] if r["method"] == "lwf"]
+    assert row["accuracy"] == chain["final"]

@@ -38,7 +38,8 @@ from torch import Tensor, nn
 from vdd_bench.augment import augment_batch
 from vdd_bench.backbones import BackboneSpec, build_backbone
 from vdd_bench.benchmark import Benchmark
-from vdd_bench.continual import PREVIOUS, SequentialMethod, eval_split
+from vdd_bench.chains import PREVIOUS
+from vdd_bench.continual import SequentialMethod, eval_split
 from vdd_bench.device import Device
 from vdd_bench.errors import VddError
 from vdd_bench.method import METHODS, TaskContext, pretrained_backbone, register_method

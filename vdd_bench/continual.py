@@ -14,6 +14,7 @@ interrupted step resumes from its epoch-end checkpoint, and the rest follow.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,22 +26,20 @@ import torch
 from torch import nn
 
 from tasks.generic import source_task
+from vdd_bench import chains
 from vdd_bench.augment import AugmentSpec, make_spec
 from vdd_bench.backbones import Backbone, BackboneSpec, build_backbone, load_weights
 from vdd_bench.benchmark import Benchmark
-from vdd_bench.cache import default_cache_path
+from vdd_bench.chains import CHAIN_PREDICTIONS_FILE, CONTINUAL_FILE, PREVIOUS
 from vdd_bench.device import Device, pick_device
 from vdd_bench.engine import predict
 from vdd_bench.errors import VddError
-from vdd_bench.images import load_split_images
 from vdd_bench.method import METHODS, Method, TaskContext, get_method, pretrained_backbone
 from vdd_bench.normalization import task_mean_std
-from vdd_bench.runner import RunRequest, execute, load_run_model, plan_run
-from vdd_bench.store import RunStore, atomic_write_json
+from vdd_bench.runner import RunRequest, execute, load_run_model, plan_run, task_images
+from vdd_bench.store import RunStore, atomic_write_bytes, atomic_write_json
 
 CONTINUAL_FORMAT = "vdd-continual/1"
-CONTINUAL_FILE = "continual.json"
-PREVIOUS = "previous"
 
 
 class SequentialMethod(Method):
@@ -175,13 +174,10 @@ class EvalSplit:
 
 def eval_split(bench: Benchmark, task: str, split: str, size: int, recipe: str, results: Path) -> EvalSplit:
     """A task's images of one split with the recipe's test-time transform, as the runner evaluates them."""
-    cache = default_cache_path(results, bench, size)
-    cache = cache if cache.exists() else None
-    train = load_split_images(bench, bench.split(task, "train"), size, cache)
+    train = task_images(bench, task, "train", size, recipe, results)
     mean, std = task_mean_std(bench, task, train, results)
-    index = bench.split(task, split)
-    images = torch.from_numpy(load_split_images(bench, index, size, cache))
-    return EvalSplit(images, index.labels, make_spec(recipe, task, size, mean, std))
+    images = torch.from_numpy(task_images(bench, task, split, size, recipe, results))
+    return EvalSplit(images, bench.split(task, split).labels, make_spec(recipe, task, size, mean, std))
 
 
 def step_model(results: Path, run_id: str) -> tuple[SequentialMethod, nn.Module, dict[str, Any]]:
@@ -211,6 +207,7 @@ def evaluate_step(request: RunRequest, results: Path, device: Device | None = No
     bench = Benchmark.open(request.root, request.test_labels)
     model = device.prepare_model(model)
     accuracy: dict[str, dict[str, float | None]] = {"val": {}, "test": {}}
+    arrays: dict[str, np.ndarray] = {}
     for task in structure["tasks"]:
         routed = method.select_task(model, task)
         for split in ("val", "test"):
@@ -218,6 +215,11 @@ def evaluate_step(request: RunRequest, results: Path, device: Device | None = No
             pred = predict(routed, data.images, data.augment, device)
             usable = data.labels is not None and not (split == "val" and config.protocol == "trainval")
             accuracy[split][task] = float(100.0 * np.mean(pred == data.labels)) if usable else None
+        arrays[f"{task}.test_pred"] = pred.astype(np.int64)
+        arrays[f"{task}.test_image_ids"] = np.asarray(bench.split(task, "test").image_ids, dtype=np.int64)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)  # the chain's submission, when this step ends it
+    atomic_write_bytes(path.with_name(CHAIN_PREDICTIONS_FILE), buffer.getvalue())
     result = {
         "format": CONTINUAL_FORMAT,
         "run_id": config.run_id,
@@ -319,16 +321,9 @@ def chain_result(results: Path, last_run_id: str, split: str = "test") -> ChainR
 
 
 def chain_ends(results: Path) -> list[str]:
-    """Run ids of the last evaluated step of every chain in the store (steps no other step continues)."""
-    store = RunStore(results)
-    if not store.runs.is_dir():
-        return []
-    steps = {}
-    for path in sorted(store.runs.glob(f"*/{CONTINUAL_FILE}")):
-        step = json.loads(path.read_text())
-        steps[step["run_id"]] = step
-    continued = {step["previous"] for step in steps.values()}
-    return [run_id for run_id in steps if run_id not in continued]
+    """Run ids of the last step of every chain in the store whose last step is evaluated."""
+    ends = chains.chain_ends(list(RunStore(results).done_records()))
+    return sorted({end["run_id"] for end in ends.values() if "continual" in end})
 
 
 def render_continual(results: Path, fmt: str = "markdown", split: str = "test") -> str:

@@ -33,7 +33,7 @@ class LaunchSummary:
 
 def needs_run(request: RunRequest, results: Path) -> bool:
     """Not done yet; or a done chain step whose accuracy-matrix row is missing."""
-    from vdd_bench.continual import CONTINUAL_FILE
+    from vdd_bench.chains import CONTINUAL_FILE
 
     store = RunStore(results)
     if not store.is_done(request.config.run_id):

@@ -10,6 +10,9 @@ of the same group, and the table says so. Published rows are shown for the real 
 A run a row should have but does not is *missing*. With the runs a sweep expects (`Expected`), every
 expected run that is not done is missing, by run id. Without them a row expects, on every task of its
 group, the seeds it has on any task; a task without them is missing (with the command that would run it).
+A chain method's entry for a task (PackNet, LwF) is the accuracy of the network at the end of its chain on
+that task (`vdd_bench.chains`), as a user of the method gets it.
+
 Rendering lives in `vdd_bench.tables`.
 """
 
@@ -22,13 +25,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vdd_bench.chains import PREVIOUS, with_final_accuracies
 from vdd_bench.config import canonical_json
 from vdd_bench.reference import published_rows
 from vdd_bench.score import MAX_SCORED_ACC, decathlon_score, official_baselines
 
 FORMATS = ("markdown", "latex", "csv", "json")
 BASELINE_METHOD = "finetune"
-PREVIOUS = "previous"  # the input naming a chain step's previous step (vdd_bench.continual.PREVIOUS)
 
 
 @dataclass
@@ -124,7 +127,7 @@ def build_groups(
     by_group: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     benches: dict[str, dict[str, Any]] = {}
     done: set[str] = set()
-    records = list(records)
+    records = with_final_accuracies(list(records))  # a chain's entries are its final network's
     read_as_inputs = {i for r in records for i in r["config"].get("inputs", {}).values()}
     for record in records:
         if record["config"].get("extra", {}).get("role") == "pretrain" or record.get("internal"):

@@ -8,6 +8,8 @@ Layout of a run directory `<results>/runs/<run_id>/`:
   predictions.npz   per-image predictions on val and test
   record.json       metrics, accounting, timing (written atomically)
   done              written last; only runs with it are read by the leaderboard
+  continual.json    a chain step only: its network evaluated on every task of the chain so far (written
+                    after `done`; attached to the record as `record["continual"]`)
   failed            the error of the last failed attempt
   claim.json        who is running the run now (see `RunStore.claim`); removed when it stops
   slurm.json        the SLURM job last submitted for the run (job id, log files)
@@ -27,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from vdd_bench.chains import CONTINUAL_FILE
 from vdd_bench.config import RunConfig, check_name
 from vdd_bench.errors import VddError
 from vdd_bench.faults import fault_point
@@ -127,6 +130,10 @@ def read_record(path: str) -> dict[str, Any]:
             f"{path}: the run is marked done but its record is unreadable ({reason}): "
             f"delete {done} to run it again"
         ) from None
+    evaluation = os.path.join(os.path.dirname(path), CONTINUAL_FILE)
+    if os.path.exists(evaluation):  # a chain step's network on every task so far (vdd_bench.chains)
+        with open(evaluation, encoding="utf-8") as handle:
+            record["continual"] = json.load(handle)
     return record
 
 

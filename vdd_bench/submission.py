@@ -1,9 +1,10 @@
 """The challenge submission file (one JSON list of {"image_id", "category_id"} for every test image of every
 task) from one method's finished runs, checked to cover each test image of the benchmark exactly once.
 
-Each task's predictions are those its run saved (`predictions.npz`: test image ids, predicted class index,
-and the task's category ids, so that class i is category `category_ids[i]`), i.e. the predictions behind the
-leaderboard's accuracies; for a chain (PackNet, LwF) that is each step's network right after its task.
+Each task's predictions are those behind the leaderboard's accuracies: what its run saved (`predictions.npz`:
+test image ids, predicted class index, and the task's category ids, so that class i is category
+`category_ids[i]`); for a chain (PackNet, LwF) those of the network at the end of the chain
+(`continual-predictions.npz` of the chain's last step, see `vdd_bench.chains`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from vdd_bench.benchmark import Benchmark
+from vdd_bench.chains import CHAIN_PREDICTIONS_FILE, with_final_accuracies
 from vdd_bench.errors import VddError
 from vdd_bench.store import RunStore, atomic_write_bytes
 
@@ -66,13 +68,25 @@ def select_runs(
     return chosen
 
 
-def task_predictions(bench: Benchmark, task: str, folder: Path, run_id: str) -> list[dict[str, int]]:
-    """The entries of one task, checked against the benchmark's test images and categories."""
+def task_predictions(
+    bench: Benchmark, task: str, folder: Path, run_id: str, chain_end: Path | None = None
+) -> list[dict[str, int]]:
+    """The entries of one task (from `chain_end`'s final network for a chain step), checked against the
+    benchmark's test images and categories."""
     path = folder / "predictions.npz"
     if not path.is_file():
         raise VddError(f"run {run_id} (task {task}) has no predictions.npz: run it again to save them")
     with np.load(path) as saved:
         ids, preds, categories = saved["test_image_ids"], saved["test_pred"], saved["category_ids"]
+    if chain_end is not None:
+        final = chain_end / CHAIN_PREDICTIONS_FILE
+        if not final.is_file():
+            raise VddError(
+                f"run {run_id} (task {task}) is a chain step and the chain's last step {chain_end.name} has "
+                f"no {CHAIN_PREDICTIONS_FILE}: relaunch the chain to evaluate its final network"
+            )
+        with np.load(final) as saved:
+            ids, preds = saved[f"{task}.test_image_ids"], saved[f"{task}.test_pred"]
     expected_categories = bench.tasks[task].category_ids
     if tuple(int(c) for c in categories) != expected_categories:
         raise VddError(f"run {run_id}: its category ids are not those of task {task} in {bench.root}")
@@ -95,10 +109,12 @@ def build_submission(
 ) -> tuple[list[dict[str, int]], dict[str, str]]:
     """All entries, in the benchmark's task order, and the run each task's predictions come from."""
     store = RunStore(results)
-    chosen = select_runs(store.done_records(), bench, method, seed, run_ids)
+    records = with_final_accuracies(list(store.done_records()))
+    chosen = select_runs(records, bench, method, seed, run_ids)
     entries: list[dict[str, int]] = []
     for task, record in chosen.items():
-        entries += task_predictions(bench, task, store.run_dir(record["run_id"]), record["run_id"])
+        end = store.run_dir(record["chain_end"]) if "chain_end" in record else None
+        entries += task_predictions(bench, task, store.run_dir(record["run_id"]), record["run_id"], end)
     ids = [e["image_id"] for e in entries]
     if len(ids) != len(set(ids)):
         raise VddError("two tasks share test image ids: the benchmark's ids are not unique across tasks")

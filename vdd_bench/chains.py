@@ -1,0 +1,72 @@
+"""Which network a chain step's leaderboard entry is: the one at the end of its chain.
+
+A sequential method (PackNet, LwF, an Avalanche strategy) learns tasks one after another with one network;
+each task's step is a run, and after every step that network is evaluated on every task learned so far
+(`continual.json` in the step's folder, attached to its record by the run store as `record["continual"]`).
+What a user of the method gets is the network at the end of the chain, so a step's leaderboard accuracy is
+that network's accuracy on the step's task, not the accuracy right after the step (the diagonal of the
+accuracy matrix, which `vdd leaderboard --continual` shows). A chain whose last step is not evaluated yet
+has no final accuracies: its tasks show as missing, never as the step's own numbers.
+
+Pure functions over records (no torch): the leaderboard and the submission both read them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+CONTINUAL_FILE = "continual.json"
+CHAIN_PREDICTIONS_FILE = "continual-predictions.npz"  # test predictions of the step's network, per task
+PREVIOUS = "previous"  # the input naming a chain step's previous step
+
+
+def is_chain_step(record: dict[str, Any]) -> bool:
+    return bool(
+        record.get("chain_step") or PREVIOUS in record["config"].get("inputs", {}) or "continual" in record
+    )
+
+
+def _previous(record: dict[str, Any]) -> str | None:
+    return record["config"].get("inputs", {}).get(PREVIOUS)
+
+
+def chain_ends(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """For every chain step among `records`, the record of the last step of its chain (by run id).
+
+    A step continued by two chains (a store holding a chain and a branch of it) belongs to the longer one
+    (then the smaller run id), so every step has one final network."""
+    steps = {r["run_id"]: r for r in records if is_chain_step(r)}
+    continued = {_previous(r) for r in steps.values()}
+    walks = []
+    for run_id, record in steps.items():
+        if run_id in continued:
+            continue
+        walk, current = [], record
+        while current is not None:
+            walk.append(current["run_id"])
+            current = steps.get(_previous(current) or "")
+        walks.append((record, walk))
+    owner: dict[str, dict[str, Any]] = {}
+    for end, walk in sorted(walks, key=lambda item: (-len(item[1]), item[0]["run_id"])):
+        for run_id in walk:
+            owner.setdefault(run_id, end)
+    return owner
+
+
+def with_final_accuracies(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records with every chain step's `metrics` replaced by its chain's final network's accuracy on
+    its task (None while the chain's end is not evaluated); the step's own metrics move to
+    `metrics_at_step` and the chain's last run id to `chain_end`. Other records are returned as they are."""
+    ends = chain_ends(records)
+    out = []
+    for record in records:
+        end = ends.get(record["run_id"])
+        if end is None:
+            out.append(record)
+            continue
+        accuracy = end.get("continual", {}).get("accuracy", {})
+        metrics = {f"{split}_acc": accuracy.get(split, {}).get(record["task"]) for split in ("val", "test")}
+        out.append(
+            {**record, "metrics": metrics, "metrics_at_step": record["metrics"], "chain_end": end["run_id"]}
+        )
+    return out
