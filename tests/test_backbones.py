@@ -73,6 +73,22 @@ def test_stem_relu_changes_the_forward():
         BackboneSpec("resnet34", stem_relu=True)
 
 
+def test_head_relu_option_and_the_ids_of_existing_runs():
+    torch.manual_seed(0)
+    plain = build_backbone(BackboneSpec("resnet26", width=0.25), 5).eval()
+    spec = BackboneSpec("resnet26", width=0.25, stem_relu=True, head_relu=False)
+    nettailor = build_backbone(spec, 5).eval()
+    nettailor.load_state_dict(plain.state_dict())  # the same tensors: only the ReLUs differ
+    last_block = torch.randn(2, 64, 4, 4)
+    assert (nettailor.head(last_block) < 0).any()  # pooled without a ReLU after the final BN
+    assert not (plain.head(last_block) < 0).any()
+    assert BackboneSpec.from_dict(spec.to_dict()) == spec
+    # the default is left out of the dict that run ids hash, so ids made before the option stay valid
+    assert BackboneSpec("resnet26").to_dict() == {"name": "resnet26", "width": 1.0, "stem_relu": False}
+    with pytest.raises(VddError):
+        BackboneSpec("resnet18", head_relu=False)
+
+
 def test_width_shrinks_channels():
     small = build_backbone(BackboneSpec("resnet26", width=0.25), 10)
     assert small.block_channels[0] == (8, 16) and small.feature_dim == 64
