@@ -6,6 +6,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from PIL import Image
 
 import vdd_bench.cache as cache_module
 import vdd_bench.normalization as normalization
@@ -15,6 +16,7 @@ from vdd_bench.cache import default_cache_path, pack, read_split
 from vdd_bench.errors import DataError
 from vdd_bench.images import load_split_images
 from vdd_bench.normalization import task_mean_std
+from vdd_bench.runner import task_images
 
 
 @pytest.mark.parametrize("size", [36, 72])
@@ -42,11 +44,11 @@ def test_interrupted_pack_leaves_no_file(make_root, tmp_path: Path, monkeypatch)
     decode = cache_module.decode_files
     calls = []
 
-    def failing(paths, size):
+    def failing(paths, size, geometry):
         calls.append(len(paths))
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return decode(paths, size)
+        return decode(paths, size, geometry)
 
     monkeypatch.setattr(cache_module, "decode_files", failing)
     out = tmp_path / "cache" / "pack.h5"
@@ -54,6 +56,34 @@ def test_interrupted_pack_leaves_no_file(make_root, tmp_path: Path, monkeypatch)
         pack(bench, out, 36, progress=False)
     assert len(calls) == 3
     assert list(out.parent.iterdir()) == []
+
+
+def test_squashed_and_square_caches_coexist_and_hold_what_the_recipe_reads(make_root, tmp_path: Path) -> None:
+    bench = Benchmark.open(make_root(("alpha", "gtsrb")))  # 80x72 images
+    square = pack(bench, default_cache_path(tmp_path, bench, 36), 36, progress=False)
+    squash = pack(
+        bench, default_cache_path(tmp_path, bench, 36, "squash"), 36, progress=False, geometry="squash"
+    )
+    assert square != squash and square.exists() and squash.exists()
+    index = bench.split("gtsrb", "test")
+    squashed = read_split(squash, bench, index, 36, "squash")
+    for image, name in zip(squashed, index.files, strict=True):  # the whole image, aspect ratio not kept
+        with Image.open(bench.root / name) as original:
+            resized = original.convert("RGB").resize((36, 36), Image.BILINEAR)
+        np.testing.assert_array_equal(image, np.asarray(resized).transpose(2, 0, 1))
+    centre = read_split(square, bench, index, 36)
+    assert not np.array_equal(centre, squashed)
+    assert read_split(square, bench, index, 36, "squash") is None  # a file never serves the other geometry
+    assert read_split(squash, bench, index, 36) is None
+    # NetTailor's recipe reads gtsrb squashed, a task it does not squash (and every other recipe) as squares
+    np.testing.assert_array_equal(task_images(bench, "gtsrb", "test", 36, "nettailor", tmp_path), squashed)
+    np.testing.assert_array_equal(
+        task_images(bench, "gtsrb", "test", 36, "residual_adapters", tmp_path), centre
+    )
+    alpha = bench.split("alpha", "test")
+    np.testing.assert_array_equal(
+        task_images(bench, "alpha", "test", 36, "nettailor", tmp_path), read_split(square, bench, alpha, 36)
+    )
 
 
 def test_truncated_cache_raises(make_root, tmp_path: Path) -> None:

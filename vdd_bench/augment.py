@@ -15,8 +15,10 @@ centre `crop` at test time.
 - dtd: random crop of S (the whole square here) + flip; test: the whole square.
 - svhn, omniglot: random crop of `crop`, no flip; test: centre `crop`.
 - every other task: random crop of `crop` + flip; test: centre `crop`.
-NetTailor squashes images to 72x72 before padding where we crop the centre square, and its colour jitter
-applies the three adjustments in random order where we apply brightness, contrast, saturation in turn.
+Under `nettailor`, aircraft, cifar100, daimlerpedcls and gtsrb are read squashed (the whole image resized
+to S x S without keeping its aspect ratio, at training and test time, as NetTailor's loaders do; see
+`geometry`); every other task and recipe reads the centre square. NetTailor's colour jitter applies the
+three adjustments in random order where we apply brightness, contrast, saturation in turn.
 
 A batch is made in two steps: `draw` takes the batch's random numbers and resolves them into pixel maps
 (which stored row and column every output pixel comes from: crop, reflect padding and flip in one), and
@@ -55,6 +57,12 @@ class AugmentSpec:
     jitter: float = 0.0  # brightness strength; contrast and saturation use 0.4 * jitter (NetTailor's gtsrb)
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+
+def geometry(recipe: str, task: str) -> str:
+    """How `task`'s images are stored for `recipe`: "squash" for the tasks NetTailor's loaders resize to a
+    square without keeping the aspect ratio, else "square" (`vdd_bench.images`)."""
+    return "squash" if recipe == "nettailor" and task in _NETTAILOR_PADDED else "square"
 
 
 def make_spec(

@@ -1,8 +1,11 @@
-"""HDF5 pack of decoded images: one file per (benchmark fingerprint, stored size).
+"""HDF5 pack of decoded images: one file per (benchmark fingerprint, stored size, geometry).
 
 Layout: `/<task>/<split>/images` uint8 [N, 3, S, S] (contiguous, so that training memory-maps it at its file
 offset; random reads of chunked datasets are slow), `/<task>/<split>/labels` int64 (absent for unlabelled
-test splits), `/<task>/<split>/image_ids` int64; file attrs `fingerprint`, `size`, `format`. The file is
+test splits), `/<task>/<split>/image_ids` int64; file attrs `fingerprint`, `size`, `format`, `geometry`
+("square" or "squash", see `vdd_bench.images`; a file without it, written before squashed caches
+existed, holds squares). The two geometries live in two files side by side (`...-s72.h5`,
+`...-s72-squash.h5`), so both can be packed and a reader never takes one for the other. The file is
 written under a temporary name and renamed when complete, so an interrupted pack never leaves a file that
 looks finished.
 """
@@ -22,12 +25,18 @@ FORMAT = "vdd-cache/1"
 _BLOCK = 4096  # images decoded and written at a time: bounds memory for the large tasks
 
 
-def default_cache_path(results: Path, bench: Benchmark, size: int) -> Path:
-    return Path(results) / "cache" / f"{bench.fingerprint}-s{size}.h5"
+def default_cache_path(results: Path, bench: Benchmark, size: int, geometry: str = "square") -> Path:
+    suffix = "" if geometry == "square" else f"-{geometry}"
+    return Path(results) / "cache" / f"{bench.fingerprint}-s{size}{suffix}.h5"
 
 
 def pack(
-    bench: Benchmark, out: Path, size: int, tasks: list[str] | None = None, progress: bool = True
+    bench: Benchmark,
+    out: Path,
+    size: int,
+    tasks: list[str] | None = None,
+    progress: bool = True,
+    geometry: str = "square",
 ) -> Path:
     """Decode every split of `tasks` (default: all) into one new HDF5 file at `out`; returns `out`."""
     import h5py
@@ -41,7 +50,7 @@ def pack(
     bar = tqdm(total=sum(len(i) for i in indexes), unit="img", desc=f"pack {out.name}", disable=not progress)
     try:
         with h5py.File(tmp, "w") as h5:
-            h5.attrs.update(fingerprint=bench.fingerprint, size=size, format=FORMAT)
+            h5.attrs.update(fingerprint=bench.fingerprint, size=size, format=FORMAT, geometry=geometry)
             for index in indexes:
                 group = h5.create_group(f"{index.task}/{index.split}")
                 group.create_dataset("image_ids", data=np.asarray(index.image_ids, dtype=np.int64))
@@ -50,7 +59,9 @@ def pack(
                 images = group.create_dataset("images", shape=(len(index), 3, size, size), dtype=np.uint8)
                 for start in range(0, len(index), _BLOCK):
                     files = index.files[start : start + _BLOCK]
-                    images[start : start + len(files)] = decode_files([bench.root / f for f in files], size)
+                    images[start : start + len(files)] = decode_files(
+                        [bench.root / f for f in files], size, geometry
+                    )
                     bar.update(len(files))
         os.replace(tmp, out)
     finally:
@@ -59,8 +70,11 @@ def pack(
     return out
 
 
-def read_split(cache: Path, bench: Benchmark, index: SplitIndex, size: int) -> np.ndarray | None:
-    """uint8 [N, 3, size, size] from the cache; None when packed for other data or size, or without it.
+def read_split(
+    cache: Path, bench: Benchmark, index: SplitIndex, size: int, geometry: str = "square"
+) -> np.ndarray | None:
+    """uint8 [N, 3, size, size] from the cache; None when packed for other data, size or geometry, or
+    without this split.
 
     A contiguous dataset (what `pack` writes) is memory-mapped, not read: pages come from the operating
     system's file cache when first touched, so a run starts at once and a large split is not held twice in
@@ -75,6 +89,8 @@ def read_split(cache: Path, bench: Benchmark, index: SplitIndex, size: int) -> n
             if attrs.get("format") != FORMAT or attrs.get("fingerprint") != bench.fingerprint:
                 return None
             if attrs.get("size") != size or key not in h5:
+                return None
+            if attrs.get("geometry", "square") != geometry:
                 return None
             dataset = h5[key]
             offset = dataset.id.get_offset() if dataset.chunks is None else None

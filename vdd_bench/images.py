@@ -1,9 +1,12 @@
-"""Decoding benchmark images into uint8 squares.
+"""Decoding benchmark images into uint8 squares, in one of two geometries.
 
-Each image is resized so its shorter side is `size` (bilinear, PIL) and centre-cropped to a `size` x `size`
-square, which is what is stored and cached. Training-time random crops are then taken inside this centre
+"square" (every recipe's default): the image is resized so its shorter side is `size` (bilinear, PIL) and
+centre-cropped to a `size` x `size` square. Training-time random crops are then taken inside this centre
 square: the one deviation from per-image torchvision transforms, which on a non-square image (Daimler is
 72x144) may crop anywhere along the longer side.
+"squash": the whole image resized to `size` x `size` without keeping its aspect ratio (a 72x144 Daimler
+pedestrian keeps its whole height), as NetTailor's decathlon loaders do for some tasks
+(`vdd_bench.augment.geometry`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ if TYPE_CHECKING:
     from vdd_bench.benchmark import Benchmark, SplitIndex
 
 
-def decode_image(path: Path, size: int) -> np.ndarray:
+GEOMETRIES = ("square", "squash")
+
+
+def decode_image(path: Path, size: int, geometry: str = "square") -> np.ndarray:
     """uint8 [3, size, size]; grayscale images come out as three identical channels."""
     try:
         with Image.open(path) as img:
@@ -35,6 +41,9 @@ def decode_image(path: Path, size: int) -> np.ndarray:
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: cannot decode the image ({exc}); restore or re-download it") from exc
     w, h = rgb.size
+    if geometry == "squash":
+        square = rgb if (w, h) == (size, size) else rgb.resize((size, size), Image.BILINEAR)
+        return np.asarray(square, dtype=np.uint8).transpose(2, 0, 1)
     if min(w, h) != size:
         scale = size / min(w, h)
         rgb = rgb.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
@@ -44,12 +53,14 @@ def decode_image(path: Path, size: int) -> np.ndarray:
     return np.asarray(square, dtype=np.uint8).transpose(2, 0, 1)
 
 
-def decode_files(paths: list[Path], size: int) -> np.ndarray:
+def decode_files(paths: list[Path], size: int, geometry: str = "square") -> np.ndarray:
     """uint8 [N, 3, size, size], decoded by a few threads (PIL releases the GIL while decoding)."""
+    if geometry not in GEOMETRIES:
+        raise ValueError(f"unknown image geometry {geometry!r}: one of {GEOMETRIES}")
     out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
 
     def work(i: int) -> None:
-        out[i] = decode_image(paths[i], size)
+        out[i] = decode_image(paths[i], size, geometry)
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         list(pool.map(work, range(len(paths))))
@@ -57,13 +68,14 @@ def decode_files(paths: list[Path], size: int) -> np.ndarray:
 
 
 def load_split_images(
-    bench: Benchmark, index: SplitIndex, size: int, cache: Path | None = None
+    bench: Benchmark, index: SplitIndex, size: int, cache: Path | None = None, geometry: str = "square"
 ) -> np.ndarray:
-    """uint8 [N, 3, size, size] for one split: from the HDF5 cache when it holds it, else from the JPEGs."""
+    """uint8 [N, 3, size, size] for one split: from the HDF5 cache when it holds it (in this geometry),
+    else from the JPEGs."""
     if cache is not None and cache.is_file():
         from vdd_bench.cache import read_split
 
-        cached = read_split(cache, bench, index, size)
+        cached = read_split(cache, bench, index, size, geometry)
         if cached is not None:
             return cached
-    return decode_files([bench.root / f for f in index.files], size)
+    return decode_files([bench.root / f for f in index.files], size, geometry)
