@@ -34,6 +34,7 @@ from methods._nettailor_graph import (
     paths_from_json,
     paths_to_json,
 )
+from vdd_bench.architectures import TIMING_KEY
 from vdd_bench.backbones import Backbone, build_backbone
 from vdd_bench.errors import VddError
 from vdd_bench.latency import interleaved_median_seconds
@@ -238,10 +239,13 @@ class NetTailor(Method):
         return self.restore_structure(student_graph(ctx), structure, ctx)  # no candidate runs needed
 
     def report(self, model: nn.Module, ctx: TaskContext) -> dict[str, Any]:
+        return {**select(ctx), **architecture(model)}
+
+    def timings(self, model: nn.Module, ctx: TaskContext) -> dict[str, Any]:
         teacher_state, _ = load_run_model(ctx.inputs["teacher"])
         teacher = build_backbone(ctx.spec, ctx.num_classes)
         teacher.load_state_dict(teacher_state)
-        return {**select(ctx), **architecture(model), "timing": speed(model, teacher, ctx.input_size)}
+        return {TIMING_KEY: speed(model, teacher, ctx.input_size)}
 
 
 def _phase(name: str, hp: dict[str, Any], epochs: int, lr: float) -> Phase:

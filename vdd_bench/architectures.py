@@ -11,6 +11,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+TIMING_KEY = "tailored_vs_teacher"  # where a NetTailor record keeps its measured speed-up (methods.nettailor)
 HEADERS = [
     "task",
     "val acc (teacher)",
@@ -43,7 +44,7 @@ def _row(record: dict[str, Any], teacher_macs: int | None) -> list[Any]:
         report["kept_proxies"],
         f"{accounting['params_total'] / 1e6:.3f}M ({accounting['params_task'] / 1e3:.1f}k)",
         ratio,
-        report["timing"]["speedup"],
+        record["timing"].get(TIMING_KEY, {}).get("speedup"),
         "yes" if report["within_tolerance"] else "no",
         record["run_id"],
     ]

@@ -478,6 +478,12 @@ def chain(
 @click.option("--backbone", default="resnet26", show_default=True)
 @click.option("--width", type=float, default=1.0, show_default=True)
 @click.option("--stem-relu", is_flag=True, help="ResNet-26: ReLU after the stem (NetTailor's variant).")
+@click.option(
+    "--head-relu/--no-head-relu",
+    default=True,
+    show_default=True,
+    help="ResNet-26: ReLU after the final BN (Rebuffi's); NetTailor's variant has none.",
+)
 @click.option("--resolution", type=int, default=None)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option(
@@ -511,6 +517,7 @@ def pretrain(
     backbone,
     width,
     stem_relu,
+    head_relu,
     resolution,
     out,
     processes,
@@ -532,7 +539,7 @@ def pretrain(
     from vdd_bench.benchmark import Benchmark
     from vdd_bench.pretrain import pretrain as run_pretrain
 
-    spec = BackboneSpec(backbone, width=width, stem_relu=stem_relu)
+    spec = BackboneSpec(backbone, width=width, stem_relu=stem_relu, head_relu=head_relu)
     bench = Benchmark.open(root)
     if launcher == "slurm":
         options = {"resolution": resolution, "epoch_scale": epoch_scale, "out": out, "sync_bn": sync_bn}
@@ -691,12 +698,28 @@ def backbone_info(name: str, size: int | None, width: float, classes: int, as_js
 
 
 @main.command("methods")
-def list_methods() -> None:
-    """The registered methods and their default hyper-parameters."""
+@click.option("--preset", "presets", is_flag=True, help="List the presets (named hyper-parameter sets).")
+@click.option("--json", "as_json", is_flag=True)
+def list_methods(presets: bool, as_json: bool) -> None:
+    """The registered methods and their default hyper-parameters; with --preset, every method's presets
+    (apply one with `--set preset=NAME`; docs/fidelity.md says where each value comes from)."""
     from vdd_bench.method import METHODS
 
-    for name in METHODS.names():
-        click.echo(f"{name}: {json.dumps(METHODS.get(name).defaults)}")
+    if presets:
+        table = {name: METHODS.get(name).presets for name in METHODS.names() if METHODS.get(name).presets}
+        if as_json:
+            click.echo(json.dumps(table, indent=2))
+            return
+        for name, named in table.items():
+            for preset, values in named.items():
+                click.echo(f"{preset} ({name}): {json.dumps(values)}")
+        return
+    table = {name: METHODS.get(name).defaults for name in METHODS.names()}
+    if as_json:
+        click.echo(json.dumps(table, indent=2))
+        return
+    for name, defaults in table.items():
+        click.echo(f"{name}: {json.dumps(defaults)}")
 
 
 # --- performance: bundles and benchmarks (vdd_bench/bundle.py, vdd_bench/benchmarks.py) ---
@@ -834,20 +857,34 @@ def data_verify(root: Path, test_labels: Path | None, no_images: bool, cache: Pa
 )
 @click.option("--tasks", default=None, help="Comma-separated (default all).")
 @click.option(
+    "--geometry",
+    type=click.Choice(["square", "squash"]),
+    default="square",
+    show_default=True,
+    help="square: shorter side to SIZE, centre square (every recipe); squash: the whole image to SIZE x SIZE "
+    "(the nettailor recipe's aircraft, cifar100, daimlerpedcls, gtsrb). Each has its own file.",
+)
+@click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Default: <results>/cache/<fingerprint>-s<size>.h5, which training reads automatically.",
+    help="Default: <results>/cache/<fingerprint>-s<size>[-squash].h5, which training reads automatically.",
 )
 @RESULTS
-def data_pack(root: Path, size: int, tasks: str | None, out: Path | None, results: Path) -> None:
+def data_pack(
+    root: Path, size: int, tasks: str | None, geometry: str, out: Path | None, results: Path
+) -> None:
     """Write the HDF5 uint8 cache that training reads instead of decoding JPEGs."""
     from vdd_bench.benchmark import Benchmark
     from vdd_bench.cache import default_cache_path, pack
 
     bench = Benchmark.open(root)
     path = pack(
-        bench, out or default_cache_path(results, bench, size), size, tasks.split(",") if tasks else None
+        bench,
+        out or default_cache_path(results, bench, size, geometry),
+        size,
+        tasks.split(",") if tasks else None,
+        geometry=geometry,
     )
     click.echo(str(path))
 

@@ -25,7 +25,7 @@ from vdd_bench.errors import VddError
 from vdd_bench.registry import Registry
 
 if TYPE_CHECKING:
-    from vdd_bench.runner import RunRequest
+    from vdd_bench.runner import Planner, RunRequest
 
 METHODS: Registry[type[Method]] = Registry("method", "methods", "vdd_bench.methods")
 register_method = METHODS.register
@@ -73,17 +73,41 @@ class TaskContext:
     hparams: dict[str, Any]
     input_size: int
     inputs: dict[str, Path] = field(default_factory=dict)  # name -> folder of a finished run this one reads
+    protocol: str = "train"  # "trainval": fitted on train+val, no validation accuracy
 
 
-def resolve_hparams(defaults: dict[str, Any], overrides: dict[str, Any], method: str) -> dict[str, Any]:
-    """Defaults overridden by the user; unknown keys and values of the wrong type are refused."""
+PRESET = "preset"  # the override key that names a preset
+
+
+def resolve_hparams(
+    defaults: dict[str, Any],
+    overrides: dict[str, Any],
+    method: str,
+    presets: dict[str, dict[str, Any]] | None = None,
+    converters: dict[str, Callable[[Any], Any]] | None = None,
+) -> dict[str, Any]:
+    """Defaults, then the named preset's values (`overrides["preset"]`), then the other overrides.
+
+    Unknown keys and values of the wrong type are refused; a value is brought to the type of its default,
+    or through the method's converter for keys that take more than one plain type. The preset's name is not
+    kept: a run is a function of the values, so the same values reached another way are the same run."""
+    overrides = dict(overrides)
+    layers = [overrides]
+    if PRESET in overrides:
+        name, known = overrides.pop(PRESET), presets or {}
+        if name not in known:
+            choices = ", ".join(sorted(known)) or "none"
+            raise VddError(f"unknown preset {name!r} for method {method}: its presets are {choices}")
+        layers.insert(0, known[name])
     resolved = dict(defaults)
-    for key, value in overrides.items():
-        if key not in defaults:
-            raise VddError(
-                f"unknown hyper-parameter {key!r} for method {method}: known are {sorted(defaults)}"
-            )
-        resolved[key] = coerce(value, defaults[key], f"{method}.{key}")
+    for layer in layers:
+        for key, value in layer.items():
+            if key not in defaults:
+                raise VddError(
+                    f"unknown hyper-parameter {key!r} for method {method}: known are {sorted(defaults)}"
+                )
+            convert = (converters or {}).get(key)
+            resolved[key] = convert(value) if convert else coerce(value, defaults[key], f"{method}.{key}")
     return resolved
 
 
@@ -120,17 +144,26 @@ class Method:
 
     name: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = SGD_RECIPE
+    # Named sets of hyper-parameters (e.g. the authors' script a default comes from, or a paper's values);
+    # `--set preset=NAME` applies one under the user's other overrides; `vdd methods --preset` lists them.
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    # Keys whose value is not one plain type: a function that checks and normalises the value.
+    converters: ClassVar[dict[str, Callable[[Any], Any]]] = {}
     uses_pretrained: ClassVar[bool] = True
     # False for the internal steps of another method (e.g. NetTailor's student and candidates): sweeps of
     # "all" methods skip them and the leaderboard hides their runs.
     listed: ClassVar[bool] = True
 
-    def dependencies(
-        self, hparams: dict[str, Any], plan: Callable[[str, dict[str, Any]], RunRequest]
-    ) -> dict[str, RunRequest]:
+    @classmethod
+    def resolve(cls, overrides: dict[str, Any], name: str) -> dict[str, Any]:
+        """This method's hyper-parameters with `overrides` (and the preset they name) applied."""
+        return resolve_hparams(cls.defaults, overrides, name, cls.presets, cls.converters)
+
+    def dependencies(self, hparams: dict[str, Any], plan: Planner) -> dict[str, RunRequest]:
         """Runs this one reads (e.g. a fine-tuned teacher), planned with `plan(method, overrides)` on the same
-        benchmark, task, backbone and seed. They run first (locally, or as SLURM dependencies) and their
-        folders reach `build` as `ctx.inputs[name]`; their ids are part of this run's config."""
+        benchmark, task, backbone, seed and protocol (`runner.Planner`). They run first (locally, or as SLURM
+        dependencies) and their folders reach `build` as `ctx.inputs[name]`; their ids are part of this
+        run's config."""
         return {}
 
     def build(self, ctx: TaskContext) -> nn.Module:
@@ -187,7 +220,13 @@ class Method:
         return parameter_split(model, ctx.pretrained or {})
 
     def report(self, model: nn.Module, ctx: TaskContext) -> dict[str, Any]:
-        """Method-specific facts for the record (e.g. the kept architecture), JSON-safe."""
+        """Method-specific facts for the record (e.g. the kept architecture), JSON-safe. Only what the run
+        computes: two runs of the same config give the same report."""
+        return {}
+
+    def timings(self, model: nn.Module, ctx: TaskContext) -> dict[str, Any]:
+        """Method-specific wall-clock measurements (e.g. a speed-up), JSON-safe; they go to the record's
+        `timing` section with the training and evaluation times, apart from what the run computes."""
         return {}
 
 

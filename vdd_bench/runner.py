@@ -17,7 +17,7 @@ import torch
 
 from tasks.generic import task_facts
 from vdd_bench.accounting import count_macs
-from vdd_bench.augment import AugmentSpec, make_spec
+from vdd_bench.augment import AugmentSpec, geometry, make_spec
 from vdd_bench.backbones import BackboneSpec, load_checkpoint
 from vdd_bench.benchmark import Benchmark, SplitIndex
 from vdd_bench.cache import default_cache_path
@@ -27,7 +27,7 @@ from vdd_bench.engine import LabelledImages, Trainer, predict, remove_checkpoint
 from vdd_bench.errors import VddError
 from vdd_bench.faults import fault_point
 from vdd_bench.images import load_split_images
-from vdd_bench.method import METHODS, Method, TaskContext, get_method, resolve_hparams
+from vdd_bench.method import METHODS, Method, TaskContext, get_method
 from vdd_bench.normalization import task_mean_std
 from vdd_bench.store import RunStore, atomic_write_bytes
 
@@ -81,6 +81,21 @@ class RunRequest:
     inputs: dict[str, RunRequest] = field(default_factory=dict)  # runs to finish before this one
 
 
+@dataclass(frozen=True)
+class Planner:
+    """How a method's `dependencies` plans the runs it reads: `plan(method, overrides)` is a run on the same
+    benchmark, task, backbone, seed and protocol; `plan(method, overrides, protocol="train")` one fitted
+    under another protocol (e.g. a selection made on validation before a train+val refit). `protocol` and
+    `spec` are those of the run being planned."""
+
+    _plan: Callable[[str, dict[str, Any], str], RunRequest]
+    protocol: str
+    spec: BackboneSpec
+
+    def __call__(self, method: str, overrides: dict[str, Any], protocol: str | None = None) -> RunRequest:
+        return self._plan(method, overrides, protocol or self.protocol)
+
+
 def load_run_model(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The final weights of a finished run and the structure its method's surgery left."""
     state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
@@ -109,7 +124,7 @@ def plan_run(
             f"unknown task {task!r} in {bench.root}: choose one of {', '.join(bench.task_names())}"
         )
     method_cls = METHODS.get(method)
-    hparams = resolve_hparams(method_cls.defaults, overrides or {}, method)
+    hparams = method_cls.resolve(overrides or {}, method)
     if epoch_scale != 1.0:
         hparams = {
             k: max(1, round(v * epoch_scale)) if k.endswith("epochs") else v for k, v in hparams.items()
@@ -131,7 +146,7 @@ def plan_run(
     if method_cls.uses_pretrained:
         backbone["checkpoint"] = file_fingerprint(backbone_checkpoint)
 
-    def plan_dependency(other: str, other_overrides: dict[str, Any]) -> RunRequest:
+    def plan_dependency(other: str, other_overrides: dict[str, Any], other_protocol: str) -> RunRequest:
         return plan_run(
             bench,
             task,
@@ -142,12 +157,13 @@ def plan_run(
             spec,
             resolution,
             recipe,
-            protocol,
+            other_protocol,
             test_labels,
             1.0,  # the overrides come from this run's hyper-parameters, already scaled
         )
 
-    needs = {**method_cls().dependencies(hparams, plan_dependency), **(inputs or {})}
+    planner = Planner(plan_dependency, protocol, spec)
+    needs = {**method_cls().dependencies(hparams, planner), **(inputs or {})}
     config = RunConfig(
         benchmark=bench.fingerprint,
         benchmark_kind=bench.kind,
@@ -175,13 +191,19 @@ class TaskData:
     augment: AugmentSpec
 
 
+def task_images(bench: Benchmark, task: str, split: str, size: int, recipe: str, results: Path) -> np.ndarray:
+    """A split's uint8 images in the geometry `recipe` reads them in: from the packed HDF5 cache when there
+    is one for this benchmark, size and geometry, else decoded from the JPEGs."""
+    shape = geometry(recipe, task)
+    cache = default_cache_path(results, bench, size, shape)
+    return load_split_images(bench, bench.split(task, split), size, cache if cache.exists() else None, shape)
+
+
 def load_task_data(bench: Benchmark, config: RunConfig, results: Path) -> TaskData:
-    """From the packed HDF5 cache when there is one for this benchmark and size, else from the JPEGs."""
+    """Every split of the run's task, the training set of its protocol and the recipe's transform."""
     size = config.resolution
-    cache = default_cache_path(results, bench, size)
-    cache = cache if cache.exists() else None
     splits = {name: bench.split(config.task, name) for name in ("train", "val", "test")}
-    images = {name: load_split_images(bench, index, size, cache) for name, index in splits.items()}
+    images = {name: task_images(bench, config.task, name, size, config.recipe, results) for name in splits}
     mean, std = task_mean_std(bench, config.task, images["train"], results)
     fit = ["train", "val"] if config.protocol == "trainval" else ["train"]
     train = LabelledImages(
@@ -249,6 +271,7 @@ def open_run(request: RunRequest, results: Path) -> OpenRun:
         hparams=config.hparams,
         input_size=data.augment.crop,
         inputs={name: store.run_dir(run_id) for name, run_id in config.inputs.items()},
+        protocol=config.protocol,
     )
     return OpenRun(request, store, folder, bench, data, get_method(config.method), ctx)
 
@@ -293,6 +316,7 @@ def finish_run(
         "task": task,
         "method": config.method,
         "internal": not type(run.method).listed,
+        "chain_step": bool(getattr(type(run.method), "sequential", False)),
         "num_classes": run.ctx.num_classes,
         "official_baseline_acc": facts.baseline_acc if facts else None,
         "metrics": metrics,
@@ -302,6 +326,7 @@ def finish_run(
         "timing": {
             "train_s": round(train_seconds, 3),
             "eval_s": round(eval_seconds, 3),
+            **run.method.timings(cpu_model, run.ctx),
             "device": device.describe(),
             "torch": torch.__version__,
             "python": platform.python_version(),

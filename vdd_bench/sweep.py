@@ -11,7 +11,7 @@ from vdd_bench.benchmark import Benchmark
 from vdd_bench.config import read_yaml
 from vdd_bench.continual import plan_chain
 from vdd_bench.errors import VddError
-from vdd_bench.method import METHODS
+from vdd_bench.method import METHODS, PRESET
 from vdd_bench.runner import RunRequest, plan_run
 
 
@@ -81,16 +81,22 @@ class SweepSpec:
         """The "all" section applies the keys a method knows; a key that no method of the sweep knows is
         an error."""
         common = self.hparams.get("all", {})
-        for key in common:
-            if not any(key in METHODS.get(m).defaults for m in self.method_names()):
-                raise VddError(f"hparams.all.{key} is a hyper-parameter of none of the sweep's methods")
+
+        def knows(name: str, key: str, value: Any) -> bool:
+            cls = METHODS.get(name)
+            return value in cls.presets if key == PRESET else key in cls.defaults
+
+        for key, value in common.items():
+            if not any(knows(m, key, value) for m in self.method_names()):
+                what = f"preset {value!r} is one" if key == PRESET else f"{key} is a hyper-parameter"
+                raise VddError(f"hparams.all.{key}: {what} of none of the sweep's methods")
         for name in self.hparams:
             if name != "all" and name not in self.method_names():
                 raise VddError(
                     f"hparams.{name}: {name} is not one of the sweep's methods {self.method_names()}"
                 )
-        defaults = METHODS.get(method).defaults
-        return {**{k: v for k, v in common.items() if k in defaults}, **self.hparams.get(method, {})}
+        shared = {k: v for k, v in common.items() if knows(method, k, v)}
+        return {**shared, **self.hparams.get(method, {})}
 
     def expand(self, base: Path | None = None) -> list[RunRequest]:
         """Every run of the sweep, planned (ids computed, inputs checked) but not executed."""
