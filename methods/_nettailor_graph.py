@@ -3,8 +3,11 @@
 Nodes: node 0 is the stem's output, node ``i + 1`` the output of block ``i``. Block ``i`` merges its paths
 into node ``i + 1``: the pre-trained block (a "main" path, reading node ``i``) and proxies reading the last
 ``skips`` nodes ``i, i - 1, ...`` (all earlier nodes when dense). Output = ReLU(sum of alpha * path) with
-alpha = softmax over the block's kept paths; the main path is the block without its final ReLU (the
-authors' blocks return ``y + shortcut`` and the ReLU follows the weighted sum).
+alpha = softmax over the block's kept paths. The main path follows the authors' model of the backbone
+(``main_path``): their decathlon ResNet-26 block returns ``relu(y + shortcut)``, so the pre-trained path
+enters the merge after its ReLU ("activated": ReLU(alpha_main * ReLU(main) + sum alpha_p * proxy_p));
+their torchvision-style blocks return ``y + shortcut`` and only the merge's ReLU follows
+("preactivation").
 
 Pruning is surgery: a removed path's module leaves the ``nn.Module`` (state dict, parameters and forward),
 a block with no path left has no logits and no output node.
@@ -41,15 +44,29 @@ def preactivation(block: nn.Module, x: Tensor) -> Tensor:
     return y + (block.downsample(x) if block.downsample is not None else x)
 
 
-class MainPath(nn.Module):
-    """A frozen pre-trained block run without its final ReLU."""
+MAIN_PATHS = ("backbone", "activated", "preactivation")
 
-    def __init__(self, block: nn.Module) -> None:
+
+def main_path_form(option: str, backbone: Backbone) -> str:
+    """ "backbone" resolves to the form of the authors' model of that backbone family: "activated" for
+    ResNet-26 (wide_nettailor.py), "preactivation" for the torchvision ResNets (nettailor.py)."""
+    if option not in MAIN_PATHS:
+        raise VddError(f"nettailor main_path must be one of {', '.join(MAIN_PATHS)}, got {option!r}")
+    if option != "backbone":
+        return option
+    return "activated" if backbone.spec.name == "resnet26" else "preactivation"
+
+
+class MainPath(nn.Module):
+    """A frozen pre-trained block, with its final ReLU ("activated") or without it ("preactivation")."""
+
+    def __init__(self, block: nn.Module, activated: bool) -> None:
         super().__init__()
         self.block = block
+        self.activated = activated
 
     def forward(self, x: Tensor) -> Tensor:
-        return preactivation(self.block, x)
+        return self.block(x) if self.activated else preactivation(self.block, x)
 
 
 def proxy_stride(in_size: int, out_size: int) -> int:
@@ -92,7 +109,7 @@ def parse_skips(skips: str) -> int | None:
 class TailoredNet(nn.Module):
     """The student (before pruning) or a tailored network (after): stem -> merged blocks -> head."""
 
-    def __init__(self, backbone: Backbone, skips: int | None, input_size: int) -> None:
+    def __init__(self, backbone: Backbone, skips: int | None, input_size: int, main_path: str) -> None:
         super().__init__()
         self.stem, self.head, self.classifier = backbone.stem, backbone.head, backbone.classifier
         self.skips = skips
@@ -100,7 +117,9 @@ class TailoredNet(nn.Module):
             module.requires_grad_(False)
         shapes = _node_shapes(backbone, input_size)
         bottleneck = hasattr(backbone.blocks[0], "conv3")
-        self.mains = nn.ModuleDict({str(i): MainPath(b) for i, b in enumerate(backbone.blocks)})
+        self.main_path = main_path_form(main_path, backbone)
+        activated = self.main_path == "activated"
+        self.mains = nn.ModuleDict({str(i): MainPath(b, activated) for i, b in enumerate(backbone.blocks)})
         self.proxies = nn.ModuleDict()
         self.logits = nn.ParameterDict()
         self.paths: list[list[Path]] = []
@@ -230,17 +249,27 @@ def _node_shapes(backbone: Backbone, size: int) -> list[tuple[int, int, int]]:
     return shapes
 
 
+KEEP_ONE_PATH = ("when_disconnected", "always", "never")
+
+
 def choose_paths(
-    model: TailoredNet, remove_blocks: int, threshold: float, keep_one_path: bool = True
-) -> list[list[Path]]:
-    """The paths kept after pruning: proxies with alpha <= threshold and the `remove_blocks` pre-trained
-    blocks of smallest alpha go; with `keep_one_path`, a block left with no path keeps its strongest one
-    (else its node and everything depending only on it fall by input exclusion); then exclusion."""
+    model: TailoredNet, remove_blocks: int, threshold: float, keep_one_path: str = "when_disconnected"
+) -> tuple[list[list[Path]], list[int]]:
+    """The paths kept after pruning, and the blocks that kept their strongest proxy (see below).
+
+    Proxies with alpha <= threshold and the `remove_blocks` pre-trained blocks of smallest alpha go, then
+    input and output exclusion (`exclude`). A block left with no path loses its node, as in the authors'
+    code (its output is None there and the paths reading it are skipped). `keep_one_path`: "never" is
+    exactly that, and raises when no path reaches the last node (the code would crash); "always" keeps the
+    strongest proxy of every block left with no path; "when_disconnected" (the default) behaves as "never"
+    and falls back to "always" only when the network would otherwise be disconnected."""
+    if keep_one_path not in KEEP_ONE_PATH:
+        raise VddError(f"nettailor keep_one_path must be one of {', '.join(KEEP_ONE_PATH)}")
     with torch.no_grad():
         alphas = [model.alphas(i).tolist() if paths else [] for i, paths in enumerate(model.paths)]
     mains = [(alphas[i][p.index((MAIN, i))], i) for i, p in enumerate(model.paths) if (MAIN, i) in p]
     dropped = {i for _, i in sorted(mains)[:remove_blocks]}
-    kept = []
+    kept, emptied = [], []
     for i, (paths, block_alphas) in enumerate(zip(model.paths, alphas, strict=True)):
         keep = [
             p
@@ -248,10 +277,18 @@ def choose_paths(
             if (p[0] == MAIN and i not in dropped) or (p[0] == PROXY and a > threshold)
         ]
         proxies = [(a, p) for p, a in zip(paths, block_alphas, strict=True) if p[0] == PROXY]
-        if not keep and proxies and keep_one_path:
-            keep = [max(proxies)[1]]
         kept.append(keep)
-    return exclude(kept)
+        emptied.append(max(proxies)[1] if not keep and proxies else None)
+    if keep_one_path != "always":
+        try:
+            return exclude(kept), []
+        except VddError:
+            if keep_one_path == "never":
+                raise
+    rescued = [i for i, proxy in enumerate(emptied) if proxy is not None]
+    for i in rescued:
+        kept[i] = [emptied[i]]
+    return exclude(kept), rescued
 
 
 def exclude(paths: list[list[Path]]) -> list[list[Path]]:

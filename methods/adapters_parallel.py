@@ -36,6 +36,6 @@ class ParallelAdapter(nn.Module):
 
 @register_method("adapters_parallel")
 class ParallelAdapters(AdapterMethod):
-    """Authors' recipe: SGD lr 0.1, momentum 0.9, 120 epochs (x0.1 at 80, 100), batch 128, wd 5e-4 / 1e-4."""
+    """Authors' recipe: SGD lr 0.1, momentum 0.9, 120 epochs (x0.1 at 80, 100), batch 128, wd 1e-4."""
 
     wrapper = ParallelAdapter

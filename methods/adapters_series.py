@@ -3,6 +3,8 @@
 The wrapper computes ``z + W_1x1(BN_in(z))``; the BN that already follows every spatial conv in these
 backbones (the block's ``bn1``/``bn2``, the stem's BN) is ``BN_out``, trained per task as in the authors'
 code, where it also takes the pre-trained values as its start. ``BN_in`` starts fresh (weight 1, bias 0).
+One difference from the code as it runs: there the stem adapter's ``BN_in`` (the first trainable tensors,
+before any 4-D one) keeps the optimizer group's 5e-4 weight decay; here it gets 1e-4 like every other BN.
 
 Backbones: on ResNet-26 every conv is 3x3, so every conv (stem included) gets an adapter. On torchvision's
 ResNet-18/34 the 7x7 stem and every 3x3 conv are adapted; on ResNet-50 the bottleneck's 3x3 conv and the
@@ -33,6 +35,6 @@ class SeriesAdapter(nn.Module):
 
 @register_method("adapters_series")
 class SeriesAdapters(AdapterMethod):
-    """Authors' recipe: SGD lr 0.1, momentum 0.9, 120 epochs (x0.1 at 80, 100), batch 128, wd 5e-4 / 1e-4."""
+    """Authors' recipe: SGD lr 0.1, momentum 0.9, 120 epochs (x0.1 at 80, 100), batch 128, wd 1e-4."""
 
     wrapper = SeriesAdapter

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 from torch import nn
 
 from vdd_bench.backbones import build_backbone
-from vdd_bench.method import Method, TaskContext, register_method
+from vdd_bench.method import README_FLAGS, Method, TaskContext, register_method
 
 
 @register_method("scratch")
 class Scratch(Method):
+    presets: ClassVar[dict[str, dict[str, Any]]] = {"readme-flags": README_FLAGS}
     uses_pretrained = False
 
     def build(self, ctx: TaskContext) -> nn.Module:

@@ -12,6 +12,7 @@ from torch import nn
 from methods._nettailor_graph import MAIN, PROXY, TailoredNet, choose_paths, exclude, proxy_stride
 from vdd_bench.accounting import count_macs, count_parameters
 from vdd_bench.backbones import Backbone, BackboneSpec, build_backbone
+from vdd_bench.errors import VddError
 from vdd_bench.method import get_method
 
 
@@ -23,7 +24,7 @@ def tiny_graph() -> TailoredNet:
     head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
     blocks = list(full.blocks[:2])
     backbone = Backbone(spec, full.stem, blocks, head, nn.Linear(16, 5), [2, 1], [(8, 16), (16, 16)])
-    model = TailoredNet(backbone, skips=2, input_size=16)
+    model = TailoredNet(backbone, skips=2, input_size=16, main_path="preactivation")
     model.complexity = {
         (0, (MAIN, 0)): 0.4,
         (0, (PROXY, 0)): 0.1,
@@ -110,7 +111,8 @@ def test_pruning_removes_modules_from_state_forward_and_counts() -> None:
         model.logits["3"].copy_(torch.tensor([0.0, 3.0, -5.0, -5.0]))  # block 3: proxy<3 strong, main weak
         model.logits["7"].copy_(torch.tensor([1.0, 1.0, -5.0, -5.0]))
     full_macs, full_params = count_macs(model, 32), count_parameters(model)
-    kept = choose_paths(model, remove_blocks=2, threshold=0.05)
+    kept, rescued = choose_paths(model, remove_blocks=2, threshold=0.05)
+    assert rescued == []
     removed_mains = {i for i, paths in enumerate(kept) if (MAIN, i) not in paths}
     assert removed_mains == {3, 7}  # the two smallest main alphas (about 0.05 and 0.5)
     assert kept[3] == [(PROXY, 3)] and kept[7] == [(PROXY, 7)]
@@ -152,15 +154,79 @@ def test_input_and_output_exclusion() -> None:
     assert exclude([[(MAIN, 0)], [(MAIN, 1)], [(PROXY, 1)]]) == [[(MAIN, 0)], [], [(PROXY, 1)]]
 
 
-def test_a_block_left_without_paths_keeps_its_strongest_proxy() -> None:
+def test_a_block_left_without_paths_loses_its_node_unless_that_disconnects_the_network() -> None:
     ctx = random_context("nettailor_student", "resnet26", 0.25, 32)
     model = get_method("nettailor_student").build(ctx)
     with torch.no_grad():
-        model.logits["6"].copy_(torch.tensor([-9.0, -2.0, -1.0, -3.0]))  # main weakest
-    kept = choose_paths(model, remove_blocks=1, threshold=0.99)
-    assert kept[6] == [(PROXY, 5)]  # every proxy under the threshold: the strongest one stays
+        model.logits["6"].copy_(torch.tensor([-9.0, -2.0, -1.0, -3.0]))  # main weakest, proxies weak too
+    # every proxy under the threshold: without block 6's node nothing reaches the head
+    with pytest.raises(VddError, match="disconnected"):
+        choose_paths(model, remove_blocks=1, threshold=0.99, keep_one_path="never")
+    kept, rescued = choose_paths(model, remove_blocks=1, threshold=0.99)
+    assert rescued == [6] and kept[6] == [(PROXY, 5)]  # the strongest proxy stays
     # output exclusion: that proxy reads node 5, so node 6 (block 5's output) has no reader left
     assert kept[5] == [] and sum((MAIN, i) in p for i, p in enumerate(kept)) == 10
+    # when a later block bridges the gap (block 7's proxy from node 6), block 6's node goes, as in the code
+    with torch.no_grad():
+        model.logits["7"].copy_(torch.tensor([0.0, -9.0, 3.0, -9.0]))  # proxy<6 strong
+    kept, rescued = choose_paths(model, remove_blocks=1, threshold=0.7)
+    assert rescued == [] and kept[6] == [] and kept[7] == [(PROXY, 6)]
+    kept, rescued = choose_paths(model, remove_blocks=1, threshold=0.7, keep_one_path="always")
+    assert rescued == [6] and kept[6] == [(PROXY, 5)]
+
+
+def test_the_merged_block_is_the_formula_of_the_backbone_family() -> None:
+    """ResNet-26 (the authors' wide model): ReLU(a_main * ReLU(main) + sum a_p proxy_p); torchvision
+    blocks: ReLU(a_main * (y + shortcut) + sum a_p proxy_p). Checked on hand-made node tensors."""
+    for name, form in (("resnet26", "activated"), ("resnet18", "preactivation")):
+        ctx = random_context("nettailor_student", name, 0.25, 32)
+        model = get_method("nettailor_student").build(ctx).eval()
+        assert model.main_path == form
+        with torch.no_grad():
+            model.logits["3"].copy_(torch.tensor([0.3, -0.2, 0.5, 0.1]))
+        torch.manual_seed(0)
+        shapes = [n.shape[1:] for n in model.nodes(torch.zeros(1, 3, 32, 32)) if n is not None]
+        nodes = [torch.randn(2, *shape) for shape in shapes]
+        block, x = model.mains["3"].block, nodes[3]
+        with torch.no_grad():
+            y = F.relu(block.bn1(block.conv1(x)))
+            y = block.bn2(block.conv2(y))
+            shortcut = block.shortcut(x) if name == "resnet26" else x
+            main = F.relu(y + shortcut) if form == "activated" else y + shortcut
+            alpha = torch.softmax(torch.tensor([0.3, -0.2, 0.5, 0.1]), 0)
+            proxies = [model.proxies[f"3_{src}"](nodes[src]) for src in (3, 2, 1)]
+            expected = F.relu(alpha[0] * main + sum(a * p for a, p in zip(alpha[1:], proxies, strict=True)))
+            torch.testing.assert_close(model.mix(3, nodes), expected)
+    # the other form is a named option
+    ctx = random_context("nettailor_student", "resnet26", 0.25, 32, main_path="preactivation")
+    assert get_method("nettailor_student").build(ctx).main_path == "preactivation"
+
+
+def test_the_head_bn_trains_per_task_while_the_blocks_stay_bitwise_frozen() -> None:
+    ctx = random_context("nettailor_student", "resnet26", 0.25, 32, teacher_weight=0.0)
+    method = get_method("nettailor_student")
+    model = method.build(ctx)
+    head_bn = model.head[0]
+    # fresh, as the authors' ends_bn (never loaded from the pre-trained network, whose BN is randomised here)
+    assert torch.equal(head_bn.weight.detach(), torch.ones(64)) and not head_bn.bias.detach().any()
+    assert torch.equal(head_bn.running_var, torch.ones(64)) and not torch.equal(
+        ctx.pretrained["head.0.weight"], head_bn.weight.detach()
+    )
+    groups = method.param_groups(model, method.phases(ctx)[0], ctx)
+    decayed = {id(p) for p in groups[1]["params"]}
+    assert id(head_bn.weight) in decayed and "weight_decay" not in groups[1]  # the phase's 5e-4
+    trained = train_steps("nettailor_student", ctx)
+    state = trained.state_dict()
+    assert not torch.equal(state["head.0.weight"], torch.ones(64))
+    blocks = {k: v for k, v in state.items() if k.startswith(("stem.", "mains.")) and "running" not in k}
+    assert blocks and all(
+        torch.equal(v, ctx.pretrained[k.replace("mains.", "blocks.").replace(".block.", ".")])
+        for k, v in blocks.items()
+        if not k.endswith("num_batches_tracked")
+    )
+    frozen = random_context("nettailor_student", "resnet26", 0.25, 32, teacher_weight=0.0, head_bn="frozen")
+    state = train_steps("nettailor_student", frozen).state_dict()
+    assert torch.equal(state["head.0.weight"], frozen.pretrained["head.0.weight"])
 
 
 @pytest.mark.parametrize("backbone", ["resnet18", "resnet34", "resnet50"])
@@ -172,7 +238,7 @@ def test_student_and_pruning_on_torchvision_resnets(backbone: str) -> None:
     proxy = model.proxies["1_1"]
     assert sum(isinstance(m, nn.Conv2d) for m in proxy) == (2 if bottleneck else 1)
     full = count_macs(model, 32)
-    model.restrict(choose_paths(model, remove_blocks=3, threshold=0.05))
+    model.restrict(choose_paths(model, remove_blocks=3, threshold=0.05)[0])
     assert sum(p[0] == MAIN for paths in model.paths for p in paths) <= len(model.paths) - 3
     assert count_macs(model, 32) < full
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, ctx.num_classes)
@@ -183,7 +249,7 @@ def test_proxies_match_the_blocks_at_odd_resolutions(size: int) -> None:
     """Uncropped 36 px inputs (GTSRB, Omniglot, SVHN at the small scale) reach 9 -> 5 px: every proxy's
     pooling must land on its block's output size."""
     torch.manual_seed(0)
-    model = TailoredNet(build_backbone(BackboneSpec("resnet26", width=0.25), 5), 3, size)
+    model = TailoredNet(build_backbone(BackboneSpec("resnet26", width=0.25), 5), 3, size, "backbone")
     with torch.no_grad():
         assert model(torch.randn(2, 3, size, size)).shape == (2, 5)
     assert proxy_stride(9, 5) == 2 and proxy_stride(18, 5) == 4 and proxy_stride(36, 5) == 8

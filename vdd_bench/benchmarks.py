@@ -349,11 +349,11 @@ def random_student(spec, size: int, remove_blocks: int, classes: int = 10) -> to
     from vdd_bench.backbones import build_backbone
 
     torch.manual_seed(0)
-    model = TailoredNet(build_backbone(spec, classes), parse_skips("3"), size)
+    model = TailoredNet(build_backbone(spec, classes), parse_skips("3"), size, "backbone")
     with torch.no_grad():
         for logits in model.logits.values():
             logits.normal_(0.0, 2.0)
-    model.restrict(choose_paths(model, remove_blocks, 0.05))
+    model.restrict(choose_paths(model, remove_blocks, 0.05)[0])
     return model
 
 
@@ -366,7 +366,7 @@ def at_decathlon_scale(model: Any, classes: int = 10) -> tuple[Any, Any, int]:
 
     spec, size = BackboneSpec("resnet26", width=1.0), 64
     torch.manual_seed(0)
-    scaled = TailoredNet(build_backbone(spec, classes), model.skips, size)
+    scaled = TailoredNet(build_backbone(spec, classes), model.skips, size, model.main_path)
     scaled.restrict([list(paths) for paths in model.paths])
     return scaled, build_backbone(spec, classes), size
 
