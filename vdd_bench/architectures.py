@@ -14,7 +14,7 @@ from tabulate import tabulate
 TIMING_KEY = "tailored_vs_teacher"  # where a NetTailor record keeps its measured speed-up (methods.nettailor)
 HEADERS = [
     "task",
-    "val acc (teacher)",
+    "val acc (teacher, student)",
     "removed k",
     "kept blocks",
     "proxies",
@@ -38,7 +38,7 @@ def _row(record: dict[str, Any], teacher_macs: int | None) -> list[Any]:
     ratio = f"{macs / 1e6:.2f}M / {teacher_macs / 1e6:.2f}M" if teacher_macs else f"{macs / 1e6:.2f}M"
     return [
         record["task"],
-        f"{record['metrics']['val_acc']:.1f} ({report['teacher_val_acc']:.1f})",
+        _val(record["metrics"]["val_acc"], report),
         report["chosen"],
         f"{report['kept_blocks']}/{report['total_blocks']}",
         report["kept_proxies"],
@@ -48,6 +48,15 @@ def _row(record: dict[str, Any], teacher_macs: int | None) -> list[Any]:
         "yes" if report["within_tolerance"] else "no",
         record["run_id"],
     ]
+
+
+def _val(acc: float | None, report: dict[str, Any]) -> str:
+    """The tailored network's val accuracy with its teacher's and student's; a refit on train+val has no
+    val accuracy of its own and shows the selection's."""
+    student = report.get("student_val_acc")
+    others = f"{report['teacher_val_acc']:.1f}" + (f", {student:.1f}" if student is not None else "")
+    own = f"{acc:.1f}" if acc is not None else "refit"
+    return f"{own} ({others})"
 
 
 def render_architectures(
