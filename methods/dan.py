@@ -1,24 +1,25 @@
 """Deep Adaptation Networks (Rosenfeld & Tsotsos, "Incremental learning through deep adaptation", 2018).
 
 Each new-task conv's filters are linear combinations of the frozen filters of the same layer:
-``W_new = C @ W_frozen`` (``W`` flattened to C_out x (C_in k k), ``C`` a C_out x C_out controller per layer,
-initialised to the identity, so training starts from the pre-trained network) plus a per-output-channel
-bias; BN and the head are task-specific. At ResNet-26 the controllers cost about C_out^2 / (9 C_in C_out),
-roughly 1/9 of the 3x3 weights, the paper's "about 13%" once BNs and head are added.
+``W_new = C @ W_frozen`` (``W`` flattened to C_out x (C_in k k), ``C`` a C_out x C_out controller per layer);
+the head is new per task. At ResNet-26 the controllers cost about C_out^2 / (9 C_in C_out), roughly 1/9 of
+the 3x3 weights, the paper's "about 13%" once the head is added.
+
+Defaults are the authors' decathlon notebook (rosenfeldamir/incremental_learning; docs/fidelity.md has the
+lines): controllers start at the identity with small noise on the diagonal (std 1/C_out), no bias, every
+conv controlled (the stem and 1x1 projections too, although there the controller costs more than the weight
+it recombines), BN affine parameters frozen with the running statistics re-estimated on the task (train
+mode), 50 epochs with the lr x0.1 at epochs 24 and 49, batch 64, weight decay 5e-4. Their optimizer,
+YellowFin (which tunes lr and momentum itself), is replaced by SGD with momentum 0.9 at lr 0.1.
 
 Inference: ``end_phase`` of the last phase materialises ``W_new`` once (a non-persistent buffer), so
 evaluation and ``count_macs`` cost what the plain network costs; training recombines at every forward.
 
-Named hyper-parameters and deviations:
-- ``controller_bias`` (True, the paper's bias): with a BN right after every conv of these backbones the
-  bias is absorbed by BN, so it changes nothing but costs C_out per layer; kept for fidelity.
-- ``control_expanding`` (False): a controller costs C_out^2 against C_out C_in k^2 for the weight it
-  recombines. On ResNet-26/18/34 it is always cheaper; ResNet-50's expanding 1x1 convs (a bottleneck's
-  ``conv3``, C_out = 4 C_in) and its 1x1 projection shortcuts would pay more for the controller than for
-  fine-tuning the weight, so by default those stay frozen (their BNs still train). True controls them too.
-- Schedule: the residual-adapters SGD recipe (lr 0.1, momentum 0.9, 120 epochs x0.1 at 80/100, batch 128,
-  wd 5e-4), the harness's common recipe; the authors' own decathlon schedule is not in the sources this
-  harness draws on, so it is a deviation to be tuned with the named keys of that recipe.
+Named options: ``controller_init`` "identity" (no noise: training starts from exactly the pre-trained
+network); ``controller_bias`` (a per-filter bias, absorbed by the BN that follows every conv here);
+``control_expanding`` False leaves frozen the convs whose controller would cost more than their weight
+(ResNet-26's stem at width 1, ResNet-50's expanding 1x1 convs and projections); ``train_bn`` trains the BN
+affine parameters per task too.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from torch import Tensor, nn
 
 from methods._surgery import apply_layer, batchnorms, freeze, replace_layers
 from vdd_bench.backbones import Backbone
-from vdd_bench.method import SGD_RECIPE, Method, Phase, TaskContext, pretrained_backbone, register_method
+from vdd_bench.errors import VddError
+from vdd_bench.method import Method, Phase, TaskContext, pretrained_backbone, register_method
 
 
 def _refresh(module: ControlledConv, incompatible_keys: Any) -> None:
@@ -38,14 +40,22 @@ def _refresh(module: ControlledConv, incompatible_keys: Any) -> None:
         module.materialise()
 
 
+CONTROLLER_INITS = ("identity_noise", "identity")
+
+
 class ControlledConv(nn.Module):
     """A frozen conv whose filters are recombined by a trainable controller: ``(C @ W) * x + b``."""
 
-    def __init__(self, layer: nn.Conv2d, bias: bool) -> None:
+    def __init__(self, layer: nn.Conv2d, bias: bool, init: str = "identity") -> None:
         super().__init__()
+        if init not in CONTROLLER_INITS:
+            raise VddError(f"dan controller_init must be one of {', '.join(CONTROLLER_INITS)}, got {init!r}")
         self.layer = layer
         out, dev, dtype = layer.out_channels, layer.weight.device, layer.weight.dtype
-        self.controller = nn.Parameter(torch.eye(out, device=dev, dtype=dtype))
+        start = torch.eye(out, device=dev, dtype=dtype)
+        if init == "identity_noise":  # the notebook's start: I + diag(N(0, 1) / C_out)
+            start += torch.diag(torch.randn(out, dtype=dtype).to(dev) / out)
+        self.controller = nn.Parameter(start)
         self.bias = nn.Parameter(torch.zeros(out, device=dev, dtype=dtype)) if bias else None
         self.register_buffer("combined", None, persistent=False)
         self.register_load_state_dict_post_hook(_refresh)
@@ -71,7 +81,20 @@ def _controller_pays(layer: nn.Conv2d) -> bool:
 
 @register_method("dan")
 class DeepAdaptation(Method):
-    defaults: ClassVar[dict[str, Any]] = {**SGD_RECIPE, "controller_bias": True, "control_expanding": False}
+    defaults: ClassVar[dict[str, Any]] = {
+        "epochs": 50,
+        "lr": 0.1,
+        "optimizer": "sgd",
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "milestones": [24 / 50, 49 / 50],
+        "gamma": 0.1,
+        "batch_size": 64,
+        "controller_init": "identity_noise",
+        "controller_bias": False,
+        "control_expanding": True,
+        "train_bn": False,
+    }
 
     def build(self, ctx: TaskContext) -> nn.Module:
         hp = ctx.hparams
@@ -81,9 +104,12 @@ class DeepAdaptation(Method):
         def select(layer: nn.Module) -> bool:
             return hp["control_expanding"] or _controller_pays(layer)
 
-        replace_layers(model, select, lambda layer: ControlledConv(layer, hp["controller_bias"]))
-        for bn in batchnorms(model):
-            bn.requires_grad_(True)
+        def control(layer: nn.Module) -> ControlledConv:
+            return ControlledConv(layer, hp["controller_bias"], hp["controller_init"])
+
+        replace_layers(model, select, control)
+        for bn in batchnorms(model):  # frozen affine or not, train mode re-estimates the statistics
+            bn.requires_grad_(hp["train_bn"])
         model.classifier.requires_grad_(True)
         return model
 

@@ -3,17 +3,20 @@
 One shared network along a chain, one head per task. Before a task trains, the responses of the old heads
 (the network as the previous step left it) on the task's images are the distillation targets; the loss is
 `CE(new head) + distill_weight * sum over old heads of CE(softmax(old / T), softmax(new / T))` (soft-target
-cross-entropy at temperature T, as in the paper, without a T^2 factor). A warm-up first trains only the new
-head (the shared network and its BN statistics frozen), then everything trains, old heads included.
+cross-entropy at temperature T without a T^2 factor, as the authors' `vl_nnsoftmaxdiff.m`). A warm-up first
+trains only the new head (the shared network and its BN statistics frozen), then everything trains, old
+heads included.
 
-Defaults and deviations (named hyper-parameters):
-- `temperature` 2, `distill_weight` 1 (the paper's); `distill_weight=0` with `warmup_epochs=0` is plain
-  sequential fine-tuning with a head per task, the reference LwF is measured against.
-- Targets: the images are augmented afresh every epoch, so "recorded before training" is realised as a
-  frozen copy of the previous step's network evaluated on each augmented batch: the same responses a
-  recording of those images would hold, at the cost of a second forward pass.
-- `warmup_epochs` 5 at `warmup_lr` 0.01 (the paper says "a few"; a harness choice); main phase: the harness's
-  SGD recipe (`epochs`, `lr`, ...), a deviation: the authors' schedule is not in this harness's sources.
+Defaults (lizhitwo/LearningWithoutForgetting; lines in docs/fidelity.md): `temperature` 2, `distill_weight`
+1, weight decay 5e-4, and a warm-up as long as the main stage and on the same schedule (`warmup_epochs`,
+`warmup_lr`). Their schedules are for AlexNet/VGG on VOC, MIT67 and CUB and there is no LwF decathlon
+code, so the main stage's epochs, lr, milestones and batch are the decathlon recipe the baselines share.
+Deviations, named:
+- Targets: the code records the old heads' responses once, on un-augmented images; here a frozen copy of
+  the previous step's network answers on each augmented batch (as Mallya's PyTorch LwF does).
+- The code carries the warm-up's momentum into the main stage; here each phase starts a new optimizer.
+- `distill_weight=0` with `warmup_epochs=0` is plain sequential fine-tuning with a head per task, the
+  reference LwF is measured against.
 - `source_first`: the chain starts with the backbone's own source task (set by `plan_chain`): its
   pre-trained classifier becomes the first head, untrained further.
 """
@@ -46,10 +49,11 @@ def soft_cross_entropy(student: Tensor, teacher: Tensor, temperature: float) -> 
 class LearningWithoutForgetting(SequentialMethod):
     defaults: ClassVar[dict[str, Any]] = {
         **SGD_RECIPE,
+        "weight_decay": 5e-4,
         "temperature": 2.0,
         "distill_weight": 1.0,
-        "warmup_epochs": 5,
-        "warmup_lr": 0.01,
+        "warmup_epochs": SGD_RECIPE["epochs"],
+        "warmup_lr": SGD_RECIPE["lr"],
         "source_first": False,
     }
 
@@ -89,6 +93,8 @@ class LearningWithoutForgetting(SequentialMethod):
             optimizer=hp["optimizer"],
             momentum=hp["momentum"],
             weight_decay=hp["weight_decay"],
+            milestones=tuple(hp["milestones"]),
+            gamma=hp["gamma"],
             batch_size=hp["batch_size"],
         )
         return [warmup, train]

@@ -3,27 +3,30 @@
 One network for all tasks of a chain. Every conv weight is owned by the task that trained it (an integer
 mask, `owner`: 0 free, k the k-th task of the chain). A step trains the free weights on its task, prunes the
 smallest-magnitude fraction of them per layer (freeing them for the next task) and retrains the kept ones.
-Task k is inferred with the weights of tasks <= k only, its own BN layers and its own head.
+Task k is inferred with the weights of tasks <= k only and its own head.
 
 Weights of earlier tasks cannot move: each conv keeps them in a buffer (`frozen`) that no optimizer sees,
 and its forward takes the trainable parameter only where the current task owns the weight, so gradients,
 momentum and weight decay reach nothing an earlier task owns. Inference for an earlier task reads exactly
 the tensors stored when that task finished, so its predictions stay bitwise identical.
 
-Defaults and deviations (named hyper-parameters):
-- `prune_first` 0.5 (the source network's fraction, the chain's first task), `prune` 0.75 (new tasks).
-- `retrain_epochs` 10 at `retrain_lr` 1e-4 (the authors' retraining); same optimizer, no lr drops.
-- Training of a new task before pruning: the harness's SGD recipe (`epochs`, `lr`, ...), a deviation: the
-  authors' per-task schedule is not in the sources this harness draws on.
-- `source_first`: the chain starts with the backbone's own source task (set by `plan_chain`): its
-  pre-trained classifier is kept and the step goes straight to pruning and retraining, as the authors do
-  with ImageNet. Otherwise the first task trains every weight first, like any later task trains the free ones.
-- BN per task (the authors freeze BN after the first task; per-task BN is the option the recipe names);
-  a new task starts from the BN of the task before it. Freed weights start from zero.
-- Accounting (`account`): the stored model keeps every weight twice (`layer.weight` and `frozen`), so
-  counting its tensors would double the network. Task k's network uses the conv weights owned by tasks
-  1..k, its BN layers and its head; shared = the weights earlier tasks own; task-specific storage = the
-  weights it owns, its BN layers (with running statistics), its head and a 1-bit mask of its weights.
+Defaults are the authors' (arunmallya/packnet, `run_all_sequence.sh`, `run_sequence.sh`, `main.py`; lines in
+docs/fidelity.md): a new task trains with SGD lr 1e-3 for 20 epochs, x0.1 after 10, weight decay 0, batch
+32, then 75% of its weights are pruned (`prune`) and the rest retrained 10 epochs at a constant 1e-4; the
+chain's first task prunes 50% (`prune_first`, the authors' ImageNet network); the last task of a chain
+keeps every free weight, unpruned and not retrained, as the authors' sequence (`prune_last` False; the
+step knows it is last from `last_in_chain`, which `plan_chain` sets). Freed weights start from zero.
+BN ("nobias-nobn", the authors' default): one BN shared by every task, trained with the first task of the
+chain, then frozen (eval mode: running statistics unchanged) for every later task; `train_bn` True gives
+every task a BN of its own instead (starting from the previous task's), stored with the task.
+`source_first`: the chain starts with the backbone's own source task (set by `plan_chain`): its pre-trained
+classifier is kept and the step goes straight to pruning and retraining, as the authors do with ImageNet.
+
+Accounting (`account`): the stored model keeps every weight twice (`layer.weight` and `frozen`), so counting
+its tensors would double the network. Task k's network uses the conv weights owned by tasks 1..k, the BN
+and its head; shared = the weights earlier tasks own (and a BN the first task trained); task-specific
+storage = the weights it owns, its head, its BN when it trained one (with running statistics), and a 1-bit
+mask of its weights.
 """
 
 from __future__ import annotations
@@ -33,10 +36,11 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from methods._surgery import apply_layer, replace_layers
+from methods._surgery import apply_layer, batchnorms, replace_layers
 from vdd_bench.backbones import Backbone, BackboneSpec, build_backbone
 from vdd_bench.continual import PREVIOUS, PerTask, SequentialMethod, first_model
-from vdd_bench.method import SGD_RECIPE, Phase, TaskContext, register_method
+from vdd_bench.errors import VddError
+from vdd_bench.method import Phase, TaskContext, register_method
 
 
 class PackedConv(nn.Module):
@@ -84,9 +88,14 @@ def _per_task(model: nn.Module) -> list[PerTask]:
     return [m for m in model.modules() if isinstance(m, PerTask)]
 
 
-def _wrap(model: Backbone) -> Backbone:
+def _per_task_bn(model: nn.Module) -> bool:
+    return any(isinstance(m, PerTask) and m is not model.classifier for m in model.modules())
+
+
+def _wrap(model: Backbone, per_task_bn: bool) -> Backbone:
     replace_layers(model, lambda m: True, PackedConv)
-    replace_layers(model, lambda m: True, PerTask, kinds=(nn.BatchNorm2d,))
+    if per_task_bn:
+        replace_layers(model, lambda m: True, PerTask, kinds=(nn.BatchNorm2d,))
     model.classifier = PerTask(model.classifier)
     for conv in _packed(model):
         conv.owner.fill_(1)
@@ -119,16 +128,26 @@ def _set_task(model: nn.Module, active: int, current: int) -> None:
 @register_method("packnet")
 class PackNet(SequentialMethod):
     defaults: ClassVar[dict[str, Any]] = {
-        **SGD_RECIPE,
+        "epochs": 20,
+        "lr": 1e-3,
+        "optimizer": "sgd",
+        "momentum": 0.9,
+        "weight_decay": 0.0,
+        "milestones": [0.5],
+        "gamma": 0.1,
+        "batch_size": 32,
         "prune_first": 0.5,
         "prune": 0.75,
+        "prune_last": False,
         "retrain_epochs": 10,
         "retrain_lr": 1e-4,
+        "train_bn": False,
         "source_first": False,
+        "last_in_chain": False,
     }
 
     def skeleton(self, spec: BackboneSpec, structure: dict[str, Any]) -> nn.Module:
-        model = _wrap(build_backbone(spec, structure["classes"][0]))
+        model = _wrap(build_backbone(spec, structure["classes"][0]), structure.get("per_task_bn", True))
         for classes in structure["classes"][1:]:
             _add_task(model, classes)
         model.packnet_tasks = list(structure["tasks"])
@@ -139,7 +158,7 @@ class PackNet(SequentialMethod):
     def build(self, ctx: TaskContext) -> nn.Module:
         previous = self.load_previous(ctx)
         if previous is None:
-            model = _wrap(first_model(ctx))
+            model = _wrap(first_model(ctx), ctx.hparams["train_bn"])
             model.packnet_tasks = [ctx.task]
         else:
             model, structure = previous
@@ -149,20 +168,39 @@ class PackNet(SequentialMethod):
         _set_task(model, k, k)
         for param in model.parameters():
             param.requires_grad_(False)
+        if _per_task_bn(model) != ctx.hparams["train_bn"]:
+            raise VddError(
+                f"packnet train_bn={ctx.hparams['train_bn']} cannot continue a chain that has the other"
+            )
         for conv in _packed(model):
             conv.layer.weight.requires_grad_(True)
         for module in _per_task(model):
             module.tasks[-1].requires_grad_(True)
+        if self._first(model):  # the shared BN trains with the chain's first task only
+            for bn in batchnorms(model):
+                bn.requires_grad_(True)
         return model
 
     def _first(self, model: nn.Module) -> bool:
         return len(model.packnet_tasks) == 1
+
+    def train_mode(self, model: nn.Module) -> None:
+        model.train()
+        if not _per_task_bn(model) and not self._first(model):
+            for bn in batchnorms(model):
+                bn.eval()  # the shared BN is frozen after the first task: running statistics too
+
+    def _unpruned(self, ctx: TaskContext) -> bool:
+        """The chain's last task keeps every free weight (the authors' sequence prunes it with -1: no-op)."""
+        return ctx.hparams["last_in_chain"] and not ctx.hparams["prune_last"]
 
     def phases(self, ctx: TaskContext) -> list[Phase]:
         hp = ctx.hparams
         train = super().phases(ctx)[0]
         if hp["source_first"] and PREVIOUS not in ctx.inputs:
             train = Phase(name="train", epochs=0, lr=hp["lr"])  # the source task is already trained
+        if self._unpruned(ctx):
+            return [train]
         retrain = Phase(
             name="retrain",
             epochs=hp["retrain_epochs"],
@@ -175,7 +213,7 @@ class PackNet(SequentialMethod):
         return [train, retrain]
 
     def end_phase(self, model: nn.Module, phase: Phase, ctx: TaskContext) -> nn.Module:
-        if phase.name == "train":
+        if phase.name == "train" and not self._unpruned(ctx):
             fraction = ctx.hparams["prune_first" if self._first(model) else "prune"]
             for conv in _packed(model):
                 conv.prune(fraction)
@@ -188,6 +226,7 @@ class PackNet(SequentialMethod):
         return {
             "tasks": list(model.packnet_tasks),
             "classes": [head.out_features for head in model.classifier.tasks],
+            "per_task_bn": _per_task_bn(model),
         }
 
     def select_task(self, model: nn.Module, task: str) -> nn.Module:
@@ -200,6 +239,8 @@ class PackNet(SequentialMethod):
         owned = int((owners == k).sum())
         shared = int(((owners >= 1) & (owners < k)).sum())
         own_modules = [per_task.tasks[k - 1] for per_task in _per_task(model)]
+        if not _per_task_bn(model) and k == 1:
+            own_modules += batchnorms(model)  # the shared BN, trained by the first task
         own_params = sum(p.numel() for m in own_modules for p in m.parameters())
         own_stats = sum(b.numel() for m in own_modules for b in m.buffers() if b.is_floating_point())
         task_bytes = 4 * (owned + own_params + own_stats) + -(-len(owners) // 8)

@@ -24,7 +24,7 @@ from vdd_bench.runner import default_resolution, load_run_model
 from vdd_bench.store import RunStore
 
 ORDER = ["colors", "stripes"]
-SHORT = {"epochs": 4, "lr": 0.1, "warmup_epochs": 1, "batch_size": 32}
+SHORT = {"epochs": 4, "lr": 0.1, "warmup_epochs": 1, "warmup_lr": 0.01, "batch_size": 32}
 # the same chain without the distillation term: the first steps are identical, only task 2 differs
 SEQUENTIAL_FINETUNING = {**SHORT, "distill_weight": 0.0}
 

@@ -57,7 +57,34 @@ def test_first_task_outputs_are_bitwise_unchanged_by_later_tasks(
     owned = record["method_report"]["weights_owned"]
     assert owned["colors"] == pytest.approx(0.5, abs=0.01)  # prune_first frees half of the first task's
     assert owned["shapes"] == pytest.approx(0.5 * 0.25, abs=0.01)  # then 75% of each new task's
-    assert record["method_report"]["weights_free"] > 0
+    # the chain's last task is not pruned (the authors' sequence): it keeps every free weight
+    assert owned["digits"] == pytest.approx(1 - 0.5 - 0.125, abs=0.01)
+    assert record["method_report"]["weights_free"] == 0
+    assert [h["phase"] for h in record["history"]] == ["train"] * SHORT["epochs"]
+
+
+def bn_state(results: Path, run_id: str) -> dict[str, torch.Tensor]:
+    state = torch.load(RunStore(results).run_dir(run_id) / "model.pt", weights_only=True)["model"]
+    return {k: v for k, v in state.items() if "bn" in k or k.startswith(("stem.1", "head.0"))}
+
+
+def test_the_shared_bn_trains_with_the_first_task_then_stays_bitwise_frozen(
+    env: ToyEnv, chain: list[RunRequest]
+) -> None:
+    first, last = (bn_state(env.results, r.config.run_id) for r in (chain[0], chain[-1]))
+    assert first.keys() == last.keys() and all(torch.equal(first[k], last[k]) for k in first)
+    assert any(not torch.equal(first[k], env.pretrained[k]) for k in first)  # trained by the first task
+    # the named option: a BN per task, the first task's untouched by the second
+    per_task = plan_chain(
+        env.bench, "packnet", ORDER[:2], {**SHORT, "train_bn": True}, backbone_checkpoint=env.checkpoint
+    )
+    run_chain(per_task, env.results, progress=False)
+    a, b = (per_task[0].config.run_id, per_task[1].config.run_id)
+    assert torch.equal(task_logits(env, env.results, a, "colors"), task_logits(env, env.results, b, "colors"))
+    bns = bn_state(env.results, b)
+    assert any(".tasks.1." in k for k in bns) and any(
+        not torch.equal(bns[k], bns[k.replace(".tasks.1.", ".tasks.0.")]) for k in bns if ".tasks.1." in k
+    )
 
 
 def test_accounting_counts_each_weight_once(env: ToyEnv, chain: list[RunRequest]) -> None:
@@ -73,9 +100,11 @@ def test_accounting_counts_each_weight_once(env: ToyEnv, chain: list[RunRequest]
         assert abs(acc["params_shared"] - sum(owned[t] for t in ORDER[: k - 1]) * conv_weights) < 2
         assert acc["params_total"] == acc["params_shared"] + acc["params_task"]
         assert acc["params_total"] < conv_weights + 5000  # the convs once, plus BN and a head
-        # stored: its own weights, BN (+ running statistics) and head in float32, a 1-bit mask of the convs
+        # stored: its own weights, head (and the shared BN with its running statistics, which the first task
+        # trained) in float32, a 1-bit mask of the convs
         floats = acc["task_bytes"] - conv_weights / 8
-        assert 4 * acc["params_task"] < floats < 4 * acc["params_task"] * 1.1
+        assert 4 * acc["params_task"] <= floats < 4 * acc["params_task"] * 1.1
+        assert (floats > 4 * acc["params_task"]) == (k == 1)
         assert acc["params_task"] >= own_weights
 
 

@@ -133,7 +133,9 @@ def plan_chain(
     test_labels: Path | None = None,
     epoch_scale: float = 1.0,
 ) -> list[RunRequest]:
-    """One run per task of `order` (default: the benchmark's task order), each reading the one before."""
+    """One run per task of `order` (default: the benchmark's task order), each reading the one before.
+    A method with the key `last_in_chain` gets True on the last step: planning the chain as a whole tells a
+    step whether it is the last one (a longer chain over the same first tasks is another chain)."""
     order = list(order or bench.task_names())
     if len(set(order)) != len(order):
         raise VddError(f"a task order names every task once, got {','.join(order)}")
@@ -145,12 +147,15 @@ def plan_chain(
     requests: list[RunRequest] = []
     for task in order:
         inputs = {PREVIOUS: requests[-1]} if requests else None
+        step = dict(overrides)
+        if "last_in_chain" in cls.defaults:  # e.g. PackNet leaves the chain's last task unpruned
+            step["last_in_chain"] = task == order[-1]
         requests.append(
             plan_run(
                 bench,
                 task,
                 method,
-                overrides,
+                step,
                 seed,
                 backbone_checkpoint,
                 None,

@@ -23,14 +23,21 @@ TOY_BACKBONE = BackboneSpec("resnet26", width=0.25)
 # Schedules shrunk to fit the whole demo in a few CPU minutes: the methods' published recipes scaled by
 # TOY_EPOCH_SCALE (120 -> 3 epochs for the SGD recipe), on batches small enough for a few hundred training
 # images. Piggyback's new classifier gets a larger lr than its masks (a 1-epoch Adam at 1e-4 leaves it
-# untrained); NetTailor's 20-epoch phases would shrink to 1 epoch (a teacher barely above chance), so its
-# teacher gets 3 epochs like fine-tuning and its student and retraining 2, and it tries two candidate
-# prunings (0 and 6 blocks removed) instead of six.
+# untrained); NetTailor's teacher gets 3 epochs at batch 32 like fine-tuning (its 90 epochs at batch 256
+# would leave it near chance), its student the demo scripts' lr 0.1 for 2 epochs and its retraining 2, and
+# it tries two candidate prunings (0 and 6 blocks removed) instead of every k.
 TOY_EPOCH_SCALE = 0.025
 TOY_HPARAMS = {
     "all": {"batch_size": 32},
     "piggyback": {"classifier_lr": 0.01},
-    "nettailor": {"candidates": [0, 6], "teacher_epochs": 120, "epochs": 80, "retrain_epochs": 80},
+    "nettailor": {
+        "candidates": [0, 6],
+        "teacher_epochs": 120,
+        "teacher_batch_size": 32,
+        "epochs": 80,
+        "lr": 0.1,
+        "retrain_epochs": 80,
+    },
 }
 TOY_PRETRAIN = {"epochs": 12, "batch_size": 64, "milestones": [0.6, 0.85]}
 
