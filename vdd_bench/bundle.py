@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from vdd_bench.augment import AugmentSpec, make_spec
 from vdd_bench.backbones import BackboneSpec, build_backbone, load_checkpoint
 from vdd_bench.benchmark import Benchmark
+from vdd_bench.chains import setting
 from vdd_bench.errors import VddError
 from vdd_bench.method import METHODS, Method, TaskContext, coerce, get_method
 from vdd_bench.store import RunStore, atomic_write_bytes
@@ -117,7 +118,7 @@ def decode_state(
 
 
 def _hparams_key(record: dict[str, Any]) -> str:
-    return json.dumps(record["config"]["hparams"], sort_keys=True)
+    return json.dumps(setting(record["config"]["hparams"]), sort_keys=True)
 
 
 def _pick_runs(records: list[dict[str, Any]], method: str, filters: dict[str, Any]) -> list[dict[str, Any]]:
@@ -390,7 +391,9 @@ class Bundle:
         return model
 
     def predict(self, images: Tensor, batch_size: int = 256) -> np.ndarray:
-        """Predicted classes of uint8 [N, 3, S, S] images of the current task (its test-time transform)."""
+        """Predicted classes of uint8 [N, 3, S, S] images of the current task (its test-time transform),
+        stored in the geometry its recipe reads (`vdd_bench.augment.geometry`: squashed for some tasks of the
+        nettailor recipe)."""
         from vdd_bench.device import Device
         from vdd_bench.engine import predict
 

@@ -20,6 +20,16 @@ CHAIN_PREDICTIONS_FILE = "continual-predictions.npz"  # test predictions of the 
 PREVIOUS = "previous"  # the input naming a chain step's previous step
 
 
+# Hyper-parameters `plan_chain` sets per step (PackNet leaves the chain's last task unpruned): the steps of
+# one chain differ in them, so rows and bundles group a chain's steps without them.
+STEP_KEYS = ("last_in_chain",)
+
+
+def setting(hparams: dict[str, Any]) -> dict[str, Any]:
+    """A run's hyper-parameters as one setting of its method: without the per-step keys of a chain."""
+    return {k: v for k, v in hparams.items() if k not in STEP_KEYS}
+
+
 def is_chain_step(record: dict[str, Any]) -> bool:
     return bool(
         record.get("chain_step") or PREVIOUS in record["config"].get("inputs", {}) or "continual" in record

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from vdd_bench.chains import PREVIOUS, with_final_accuracies
+from vdd_bench.chains import PREVIOUS, setting, with_final_accuracies
 from vdd_bench.config import canonical_json
 from vdd_bench.reference import published_rows
 from vdd_bench.score import MAX_SCORED_ACC, decathlon_score, official_baselines
@@ -113,7 +113,9 @@ def _group_key(config: dict[str, Any]) -> str:
 
 
 def _row_key(config: dict[str, Any]) -> str:
-    return canonical_json([config["method"], config["hparams"], config["backbone"].get("checkpoint")])
+    return canonical_json(
+        [config["method"], setting(config["hparams"]), config["backbone"].get("checkpoint")]
+    )
 
 
 def _mean(values: list[float]) -> float:
@@ -202,7 +204,7 @@ def _row(runs: list[dict[str, Any]], split: str) -> Row:
 
 def _empty_row(config: dict[str, Any]) -> Row:
     method = config["method"]
-    return Row(method, method, {}, {}, {}, {}, {}, config["hparams"], config=dict(config))
+    return Row(method, method, {}, {}, {}, {}, {}, setting(config["hparams"]), config=dict(config))
 
 
 def _inferred_missing(row: Row, tasks: list[str], bench: dict[str, Any]) -> list[Missing]:
