@@ -65,13 +65,17 @@ class PackedConv(nn.Module):
 
     @torch.no_grad()
     def prune(self, fraction: float) -> None:
-        """Free the smallest-magnitude `fraction` of the current task's weights (ties by position)."""
-        mine = (self.owner == self.current).flatten().nonzero().squeeze(1)
-        count = round(fraction * len(mine))
-        magnitude = self.layer.weight.flatten()[mine].abs()
-        freed = mine[torch.argsort(magnitude, stable=True)[:count]]
-        self.owner.view(-1)[freed] = 0
-        self.layer.weight.view(-1)[freed] = 0.0
+        """Free the smallest-magnitude `fraction` of the current task's weights (ties by position). Boolean
+        masks read and write the weights in their logical order, whatever their memory layout
+        (channels_last on a GPU)."""
+        mine = self.owner == self.current
+        magnitude = self.layer.weight[mine].abs()
+        chosen = torch.zeros_like(magnitude, dtype=torch.bool)
+        chosen[torch.argsort(magnitude, stable=True)[: round(fraction * len(magnitude))]] = True
+        freed = torch.zeros_like(mine)
+        freed[mine] = chosen
+        self.owner[freed] = 0
+        self.layer.weight[freed] = 0.0
 
     @torch.no_grad()
     def consolidate(self) -> None:

@@ -132,3 +132,21 @@ def test_a_resumed_chain_keeps_the_first_task_bitwise(
     assert torch.equal(
         task_logits(env, env.results, first, "colors"), task_logits(env, tmp_path, last, "colors")
     )
+
+
+def test_pruning_reads_weights_in_their_logical_order_whatever_the_memory_layout() -> None:
+    """A GPU run converts the model to channels_last; pruning must free the same weights as in NCHW."""
+    from methods.packnet import PackedConv
+
+    torch.manual_seed(0)
+    layouts = [PackedConv(torch.nn.Conv2d(4, 6, 3)) for _ in range(2)]
+    layouts[1].layer.weight.data.copy_(layouts[0].layer.weight.data)
+    layouts[1] = layouts[1].to(memory_format=torch.channels_last)
+    assert not layouts[1].layer.weight.is_contiguous()
+    for conv in layouts:
+        conv.owner.fill_(1)
+        conv.prune(0.5)
+    assert (
+        torch.equal(layouts[0].owner, layouts[1].owner.contiguous()) and (layouts[0].owner == 0).sum() == 108
+    )
+    assert torch.equal(layouts[0].layer.weight, layouts[1].layer.weight.contiguous())
