@@ -51,3 +51,24 @@ def test_hyper_parameters_are_checked_and_typed() -> None:
         resolve_hparams(defaults, {"epochs": "x"}, "m")
     with pytest.raises(VddError, match="hparams.all.nope"):
         SweepSpec(benchmark="d", methods=["finetune"], hparams={"all": {"nope": 1}}).overrides_for("finetune")
+
+
+def test_methods_on_the_command_line_narrow_a_file_with_sections_for_others(
+    toy_root: Path, toy_backbone: Path, tmp_path: Path
+) -> None:
+    """`vdd sweep --file F --methods m` runs m with F's settings; F's sections for other methods go."""
+    from click.testing import CliRunner
+
+    from vdd_bench.cli import main
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text(
+        f"benchmark: {toy_root}\nmethods: [finetune, lwf]\ntasks: [colors]\n"
+        "hparams:\n  all: {epochs: 2}\n  lwf: {warmup_epochs: 2}\n  finetune: {lr: 0.01}\n"
+    )
+    args = ["sweep", "--file", str(path), "--backbone-checkpoint", str(toy_backbone), "--dry-run"]
+    ran = CliRunner().invoke(main, [*args, "--methods", "feature", "--results", str(tmp_path)])
+    assert ran.exit_code == 0, ran.output
+    assert ran.output.count("\n") == 1 and "feature--colors--" in ran.output
+    spec = SweepSpec.from_file(path)
+    assert spec.overrides_for("lwf") == {"epochs": 2, "warmup_epochs": 2}

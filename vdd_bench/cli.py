@@ -177,6 +177,9 @@ def _sweep_requests(sweep_file, root, methods, tasks, seeds, backbone_checkpoint
         "epoch_scale": epoch_scale if epoch_scale != 1.0 else None,
     }
     data.update({k: v for k, v in options.items() if v is not None})
+    if methods and isinstance(data.get("hparams"), dict):  # --methods narrows the file: its other sections go
+        kept = {"all", *options["methods"]}
+        data["hparams"] = {k: v for k, v in data["hparams"].items() if k in kept}
     if sets:
         data.setdefault("hparams", {}).setdefault("all", {}).update(parse_sets(sets))
     spec = SweepSpec.from_mapping(data, str(sweep_file or "command line"))
