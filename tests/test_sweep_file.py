@@ -72,3 +72,31 @@ def test_methods_on_the_command_line_narrow_a_file_with_sections_for_others(
     assert ran.output.count("\n") == 1 and "feature--colors--" in ran.output
     spec = SweepSpec.from_file(path)
     assert spec.overrides_for("lwf") == {"epochs": 2, "warmup_epochs": 2}
+
+
+def test_a_preset_is_a_set_of_values_under_the_users_own(toy_root: Path, toy_backbone: Path) -> None:
+    from click.testing import CliRunner
+
+    from vdd_bench.benchmark import Benchmark
+    from vdd_bench.cli import main
+    from vdd_bench.method import METHODS
+    from vdd_bench.runner import plan_run
+
+    nettailor = METHODS.get("nettailor")
+    demo = nettailor.resolve({"preset": "nettailor-demo", "epochs": 3}, "nettailor")
+    assert demo["lr"] == 0.1 and demo["complexity_weight"] == 0.3 and demo["candidates"] == [11]
+    assert demo["epochs"] == 3  # the user's value over the preset's
+    with pytest.raises(VddError, match="unknown preset 'nope' for method nettailor: its presets are"):
+        nettailor.resolve({"preset": "nope"}, "nettailor")
+    with pytest.raises(VddError, match="unknown preset 'nettailor-demo' for method finetune"):
+        METHODS.get("finetune").resolve({"preset": "nettailor-demo"}, "finetune")
+    # part of the run's hash as values: the preset and the same values given one by one are one run
+    bench = Benchmark.open(toy_root)
+    by_name = plan_run(
+        bench, "colors", "finetune", {"preset": "readme-flags"}, backbone_checkpoint=toy_backbone
+    )
+    by_value = plan_run(bench, "colors", "finetune", {"weight_decay": 5e-4}, backbone_checkpoint=toy_backbone)
+    default = plan_run(bench, "colors", "finetune", {}, backbone_checkpoint=toy_backbone)
+    assert by_name.config.run_id == by_value.config.run_id != default.config.run_id
+    listed = CliRunner().invoke(main, ["methods", "--preset"])
+    assert listed.exit_code == 0 and "nettailor-paper (nettailor): " in listed.output

@@ -77,7 +77,6 @@ class TaskContext:
     hparams: dict[str, Any]
     input_size: int
     inputs: dict[str, Path] = field(default_factory=dict)  # name -> folder of a finished run this one reads
-    protocol: str = "train"  # "trainval": fitted on train+val, no validation accuracy
 
 
 PRESET = "preset"  # the override key that names a preset

@@ -271,7 +271,6 @@ def open_run(request: RunRequest, results: Path) -> OpenRun:
         hparams=config.hparams,
         input_size=data.augment.crop,
         inputs={name: store.run_dir(run_id) for name, run_id in config.inputs.items()},
-        protocol=config.protocol,
     )
     return OpenRun(request, store, folder, bench, data, get_method(config.method), ctx)
 
