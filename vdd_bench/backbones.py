@@ -12,6 +12,7 @@ Channel counts are ``max(1, round(c * width))``.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import tempfile
@@ -331,8 +332,7 @@ def _check_fits(path: Path, spec: BackboneSpec, num_classes: object, state: obje
         raise VddError(f"backbone checkpoint {path}: num_classes {num_classes!r} is not a positive integer")
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise VddError(f"backbone checkpoint {path}: state_dict is not a mapping of names to tensors")
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in build_backbone(spec, num_classes).state_dict().items()}
+    expected = _state_shapes(spec, num_classes)
     found = {k: tuple(v.shape) for k, v in state.items()}
     wrong = sorted(k for k in expected if k in found and found[k] != expected[k])
     if set(found) == set(expected) and wrong and all(k.startswith("classifier.") for k in wrong):
@@ -352,6 +352,15 @@ def _check_fits(path: Path, spec: BackboneSpec, num_classes: object, state: obje
             f"backbone checkpoint {path} says {spec} but holds the weights of another architecture "
             f"({'; '.join(what)}): pass a checkpoint saved for {spec.name} at width {spec.width}"
         )
+
+
+@functools.lru_cache(maxsize=16)
+def _state_shapes(spec: BackboneSpec, num_classes: int) -> dict[str, tuple[int, ...]]:
+    """The weight shapes of `spec` with a head of `num_classes`, from the net built on the meta device (no
+    memory); kept, since every run of a sweep checks its checkpoint and a meta build costs a third of a
+    second on a small CPU."""
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in build_backbone(spec, num_classes).state_dict().items()}
 
 
 def load_checkpoint(path: Path, check: bool = True) -> tuple[BackboneSpec, dict[str, Tensor], dict]:
