@@ -28,8 +28,8 @@ from vdd_bench.sweep import SweepSpec
 # gets a larger lr than its masks (a 1-epoch Adam at 1e-4 leaves it untrained). LwF's warm-up (only the new
 # head trains) is 1 epoch instead of as long as the main stage. NetTailor's teacher is the fine-tuning run
 # itself (its own recipe, 90 epochs at lr 0.01 and batch 256, would leave it near chance in 2 epochs), its
-# student trains at the demo scripts' lr 0.1, and it tries two candidate prunings (0 and 6 blocks removed)
-# instead of every k.
+# student trains at the demo scripts' lr 0.1 for 2 epochs and its retraining 1, and it tries two candidate
+# prunings (0 and 6 blocks removed) instead of every k.
 TOY_BACKBONE = BackboneSpec("resnet26", width=0.125)
 TOY_EPOCH_SCALE = 1 / 60
 TOY_HPARAMS = {
@@ -42,10 +42,10 @@ TOY_HPARAMS = {
         "teacher_batch_size": 32,
         "epochs": 120,
         "lr": 0.1,
-        "retrain_epochs": 120,
+        "retrain_epochs": 60,
     },
 }
-TOY_PRETRAIN = {"epochs": 12, "batch_size": 64, "milestones": [0.6, 0.85]}
+TOY_PRETRAIN = {"epochs": 10, "batch_size": 64, "milestones": [0.6, 0.85]}
 
 
 def run_demo(
