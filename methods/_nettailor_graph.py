@@ -106,6 +106,9 @@ def parse_skips(skips: str) -> int | None:
     raise VddError(f"nettailor skips must be a positive integer or 'dense', got {skips!r}")
 
 
+_COMPLEXITY: dict[tuple, dict[tuple[int, Path], float]] = {}
+
+
 class TailoredNet(nn.Module):
     """The student (before pruning) or a tailored network (after): stem -> merged blocks -> head."""
 
@@ -132,7 +135,10 @@ class TailoredNet(nn.Module):
                 self.proxies[f"{i}_{src}"] = make_proxy(shapes[src][0], out_ch, stride, bottleneck)
             self.logits[str(i)] = nn.Parameter(torch.tensor([2.0] + [-2.0] * (len(paths) - 1)))
             self.paths.append(paths)
-        self.complexity = self._measure_complexity(shapes, input_size)
+        key = (repr(self.stem), repr(backbone.blocks), skips, input_size, self.main_path)
+        if key not in _COMPLEXITY:  # the same for every task: MACs depend on the architecture only
+            _COMPLEXITY[key] = self._measure_complexity(shapes, input_size)
+        self.complexity = _COMPLEXITY[key]
 
     def path_module(self, block: int, path: Path) -> nn.Module:
         kind, src = path
