@@ -28,7 +28,7 @@ from vdd_bench.sweep import SweepSpec
 # gets a larger lr than its masks (a 1-epoch Adam at 1e-4 leaves it untrained). LwF's warm-up (only the new
 # head trains) is 1 epoch instead of as long as the main stage. NetTailor's teacher is the fine-tuning run
 # itself (its own recipe, 90 epochs at lr 0.01 and batch 256, would leave it near chance in 2 epochs), its
-# student trains at the demo scripts' lr 0.1 for 1 epoch and its retraining 1, and it tries two candidate
+# student trains at the demo scripts' lr 0.1 for 2 epochs and its retraining 1, and it tries two candidate
 # prunings (0 and 6 blocks removed) instead of every k.
 TOY_BACKBONE = BackboneSpec("resnet26", width=0.125)
 TOY_EPOCH_SCALE = 1 / 60
@@ -40,7 +40,7 @@ TOY_HPARAMS = {
         "candidates": [0, 6],
         **{f"teacher_{key}": SGD_RECIPE[key] for key in ("epochs", "lr", "weight_decay", "milestones")},
         "teacher_batch_size": 32,
-        "epochs": 60,
+        "epochs": 120,
         "lr": 0.1,
         "retrain_epochs": 60,
     },
