@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -99,6 +102,55 @@ def malformed_json(root: Path) -> str:
     return "annotations/alpha_val.json"
 
 
+def _outside_copy(root: Path) -> Path:
+    """A real image outside the root (beside it), so a refusal is not a missing file's."""
+    outside = root.parent / "outside.jpg"
+    outside.write_bytes((root / _train(root)["images"][0]["file_name"]).read_bytes())
+    return outside
+
+
+def absolute_file_name(root: Path) -> str:
+    outside = _outside_copy(root)
+    return _edit(root, lambda d: d["images"][1].update(file_name=str(outside)))
+
+
+def dotdot_file_name(root: Path) -> str:
+    _outside_copy(root)
+    return _edit(root, lambda d: d["images"][1].update(file_name="data/../../outside.jpg"))
+
+
+def symlink_outside(root: Path) -> str:
+    outside = _outside_copy(root)
+    name = _train(root)["images"][1]["file_name"]
+    (root / name).unlink()
+    (root / name).symlink_to(outside)
+    return name
+
+
+def fifo_image(root: Path) -> str:  # opening it would wait for a writer forever
+    name = _train(root)["images"][1]["file_name"]
+    (root / name).unlink()
+    os.mkfifo(root / name)
+    threading.Thread(target=_unblock_readers, args=(root / name,), daemon=True).start()
+    return name
+
+
+def _unblock_readers(fifo: Path, patience: float = 20.0) -> None:
+    """Let a reader that opened the FIFO go after `patience` seconds (it then reads junk and fails on it),
+    so that a regression fails this test instead of hanging the suite."""
+    time.sleep(patience)
+    for _ in range(600):
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO while nobody reads
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.2)
+            continue
+        os.write(fd, b"not an image")
+        os.close(fd)
+
+
 DATA_DEFECTS = [
     (missing_image, "image file missing"),
     (unreadable_image, "cannot decode the image"),
@@ -108,11 +160,15 @@ DATA_DEFECTS = [
     (duplicate_image_ids, "duplicate image ids 10000001"),
     (empty_split, "no images: the split is empty"),
     (malformed_json, "malformed JSON at line 1"),
+    (absolute_file_name, "leaves the benchmark root (absolute, or with '..') at positions 1"),
+    (dotdot_file_name, "leaves the benchmark root (absolute, or with '..') at positions 1"),
+    (symlink_outside, "resolves to a path outside the benchmark root"),
+    (fifo_image, "not a regular file (a FIFO, socket or device)"),
 ]
 
 
 @pytest.mark.parametrize("damage,message", DATA_DEFECTS, ids=[d.__name__ for d, _ in DATA_DEFECTS])
-def test_a_data_defect_is_refused_in_one_line_and_found_by_verify(
+def test_a_data_defect_is_refused_in_one_line_by_run_and_pack_and_found_by_verify(
     make_root, tmp_path: Path, damage, message: str
 ) -> None:
     root = make_root()
@@ -120,6 +176,12 @@ def test_a_data_defect_is_refused_in_one_line_and_found_by_verify(
     results = tmp_path / "results"
     refused(vdd_run(root, results), message, file)
     no_done_marker(results)
+    pack = ["data", "pack", str(root), "--size", "36", "--out", str(tmp_path / "pack.h5")]
+    packed = CliRunner().invoke(main, pack)  # its progress bar goes to stderr too: the last line is the error
+    assert packed.exit_code == 2, packed.output
+    last = packed.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last and file in last, packed.stderr
+    assert not (tmp_path / "pack.h5").exists()
     report = CliRunner().invoke(main, ["data", "verify", str(root)])
     assert report.exit_code == 1, report.output
     rows = [line for line in report.output.splitlines() if line.startswith("error") and file in line]

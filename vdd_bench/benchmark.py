@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -97,7 +97,7 @@ def scan_split(doc: Any, category_ids: Collection[int], labelled: bool) -> Split
     if not isinstance(images, list):
         scan.problems.append("missing key 'images' (a list)")
         return scan
-    bad = []
+    bad, outside = [], []
     for pos, img in enumerate(images):
         if (
             not isinstance(img, dict)
@@ -106,6 +106,9 @@ def scan_split(doc: Any, category_ids: Collection[int], labelled: bool) -> Split
         ):
             bad.append(pos)
             continue
+        if not _stays_in_root(img["file_name"]):
+            outside.append(pos)
+            continue
         scan.image_ids.append(img["id"])
         scan.files.append(img["file_name"])
         w, h = img.get("width"), img.get("height")
@@ -113,6 +116,11 @@ def scan_split(doc: Any, category_ids: Collection[int], labelled: bool) -> Split
     if bad:
         scan.problems.append(
             f"image entries without an integer 'id' and a 'file_name' at positions {examples(bad)}"
+        )
+    if outside:
+        scan.problems.append(
+            "image entries whose 'file_name' leaves the benchmark root (absolute, or with '..') at "
+            f"positions {examples(outside)}: name each image relative to the root"
         )
     if not images:
         scan.problems.append("no images: the split is empty")
@@ -123,6 +131,13 @@ def scan_split(doc: Any, category_ids: Collection[int], labelled: bool) -> Split
     if labelled:
         _scan_annotations(doc, known, set(category_ids), scan)
     return scan
+
+
+def _stays_in_root(file_name: str) -> bool:
+    """A relative name without '..': read as written, it cannot leave the root (symbolic links are checked
+    when the images are opened, `vdd_bench.images.image_paths`)."""
+    name = PurePosixPath(file_name)
+    return bool(file_name) and not name.is_absolute() and ".." not in name.parts
 
 
 def _scan_annotations(doc: dict, known: set[int], categories: set[int], scan: SplitScan) -> None:

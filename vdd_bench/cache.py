@@ -19,7 +19,7 @@ import numpy as np
 
 from vdd_bench.benchmark import SPLITS, Benchmark, SplitIndex
 from vdd_bench.errors import DataError
-from vdd_bench.images import decode_files
+from vdd_bench.images import decode_files, image_paths
 
 FORMAT = "vdd-cache/1"
 _BLOCK = 4096  # images decoded and written at a time: bounds memory for the large tasks
@@ -60,7 +60,7 @@ def pack(
                 for start in range(0, len(index), _BLOCK):
                     files = index.files[start : start + _BLOCK]
                     images[start : start + len(files)] = decode_files(
-                        [bench.root / f for f in files], size, geometry
+                        image_paths(bench.root, files), size, geometry
                     )
                     bar.update(len(files))
         os.replace(tmp, out)

@@ -12,6 +12,8 @@ pedestrian keeps its whole height), as NetTailor's decathlon loaders do for some
 from __future__ import annotations
 
 import os
+import stat
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -53,6 +55,32 @@ def decode_image(path: Path, size: int, geometry: str = "square") -> np.ndarray:
     return np.asarray(square, dtype=np.uint8).transpose(2, 0, 1)
 
 
+def image_paths(root: Path, names: Sequence[str]) -> list[Path]:
+    """`root / name` for each annotation `file_name`, refused in one line when its real path (symbolic links
+    followed) leaves the root, or when it is neither a regular file nor a folder: opening a FIFO or a device
+    would block forever. (Absolute names and '..' are refused earlier, when the annotations are read.)"""
+    inside = Path(os.path.realpath(root))
+    paths = []
+    for name in names:
+        path = root / name
+        real = Path(os.path.realpath(path))
+        if not real.is_relative_to(inside):
+            raise DataError(
+                f"{path}: the image resolves to a path outside the benchmark root (a symbolic link?); "
+                "keep every image inside the root"
+            )
+        try:
+            mode = real.stat().st_mode
+        except OSError:
+            mode = None  # missing or unreadable: decoding says which, naming the file
+        if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise DataError(
+                f"{path}: not a regular file (a FIFO, socket or device); replace it with the image file"
+            )
+        paths.append(path)
+    return paths
+
+
 def decode_files(paths: list[Path], size: int, geometry: str = "square") -> np.ndarray:
     """uint8 [N, 3, size, size], decoded by a few threads (PIL releases the GIL while decoding)."""
     if geometry not in GEOMETRIES:
@@ -78,4 +106,4 @@ def load_split_images(
         cached = read_split(cache, bench, index, size, geometry)
         if cached is not None:
             return cached
-    return decode_files([bench.root / f for f in index.files], size, geometry)
+    return decode_files(image_paths(bench.root, index.files), size, geometry)

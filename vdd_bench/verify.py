@@ -32,6 +32,7 @@ from vdd_bench.benchmark import (
     scan_split,
 )
 from vdd_bench.errors import DataError
+from vdd_bench.images import image_paths
 
 _ID_BASE = 10**7
 _SPLIT_OFFSET = {"train": 0, "val": 100_000, "test": 200_000}
@@ -323,7 +324,11 @@ class _Checker:
         from tqdm import tqdm
 
         def check(job: tuple[str, str, tuple[int, int]]) -> list[tuple[str, str]]:
-            return _check_image(self.root / job[1], job[2], self.official)
+            try:
+                (path,) = image_paths(self.root, [job[1]])
+            except DataError as exc:  # outside the root, or a FIFO that would block the decode forever
+                return [("error", str(exc).removeprefix(f"{self.root / job[1]}: "))]
+            return _check_image(path, job[2], self.official)
 
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             results = pool.map(check, self.image_jobs)
