@@ -399,3 +399,109 @@ def test_a_full_disk_stops_the_run_in_one_line_and_the_relaunch_resumes(
     a = torch.load(folder / "model.pt", weights_only=True)["model"]
     b = torch.load(next((tmp_path / "straight" / "runs").iterdir()) / "model.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class _RunsCode:
+    """Unpickling this would create `marker`: a file that holds it must be refused before that."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("reader", ["backbone", "model", "bundle"])
+def test_a_file_holding_code_is_refused_without_the_advice_to_load_it_unsafely(
+    tmp_path: Path, reader: str
+) -> None:
+    from vdd_bench.backbones import load_checkpoint
+    from vdd_bench.bundle import Bundle
+    from vdd_bench.runner import load_run_model
+
+    marker = tmp_path / "ran"
+    file = tmp_path / ("model.pt" if reader == "model" else "evil.pt")
+    torch.save({"format": CHECKPOINT_FORMAT, "payload": _RunsCode(marker)}, file)
+    load = {
+        "backbone": lambda: load_checkpoint(file),
+        "model": lambda: load_run_model(tmp_path),
+        "bundle": lambda: Bundle.load(file),
+    }[reader]
+    with pytest.raises(VddError) as caught:
+        load()
+    message = str(caught.value)
+    assert str(file) in message and "never loaded since they could run code" in message
+    assert "weights_only" not in message and "likely succeed" not in message
+    assert len(message.splitlines()) == 1
+    assert not marker.exists()
+
+
+def test_non_finite_weights_after_the_last_epoch_stop_the_run_and_keep_the_last_good_checkpoint(
+    make_root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from methods.scratch import Scratch
+
+    calls = []
+    real_loss = Scratch.loss
+
+    def poisoned(self, model, images, labels, ctx):  # the loss stays finite; a weight does not
+        calls.append(1)
+        if len(calls) == 4:  # epoch 2 (the last), step 2
+            with torch.no_grad():
+                next(model.parameters()).view(-1)[0] = math.inf
+        return real_loss(self, model, images, labels, ctx).nan_to_num(0.0)
+
+    monkeypatch.setattr(Scratch, "loss", poisoned)
+    root, results = make_root(), tmp_path / "results"
+    line = refused(vdd_run(root, results, "--set", "epochs=2"), "became non-finite at epoch 2")
+    assert "checkpoint of epoch 1 is kept" in line
+    no_done_marker(results)
+    [folder] = (results / "runs").iterdir()
+    state = torch.load(folder / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize(
+    "setting,needle",
+    [
+        ("epochs=0", "scratch.epochs: it must be at least 1"),
+        ("epochs=-3", "scratch.epochs: it must be at least 1"),
+        ("lr=nan", "scratch.lr: it must be a finite number"),
+        ("lr=inf", "scratch.lr: it must be a finite number"),
+        ("lr=0", "scratch.lr: it must be a positive number"),
+        ("lr=-0.1", "scratch.lr: it must be a positive number"),
+        ("momentum=5", "scratch.momentum: it must be in [0, 1)"),
+        ("gamma=-1", "scratch.gamma: it must be in (0, 1]"),
+        ("weight_decay=-1", "scratch.weight_decay: it must be zero or positive"),
+        ("milestones=1.5,-2", "scratch.milestones: it must be increasing fractions"),
+        ("batch_size=0", "scratch.batch_size: it must be at least 1"),
+    ],
+)
+def test_a_hyper_parameter_out_of_its_range_is_refused_before_the_run_starts(
+    make_root, tmp_path: Path, setting: str, needle: str
+) -> None:
+    results = tmp_path / "results"
+    refused(vdd_run(make_root(), results, "--set", setting), needle, setting.split("=")[1].split(",")[0])
+    assert not (results / "runs").exists() or not list((results / "runs").iterdir())
+
+
+@pytest.mark.parametrize("scale", ["0", "-1", "nan", "inf"])
+def test_a_bad_epoch_scale_is_refused_not_read_as_one_epoch(make_root, tmp_path: Path, scale: str) -> None:
+    results = tmp_path / "results"
+    refused(vdd_run(make_root(), results, "--epoch-scale", scale), "bad epoch scale", "positive number")
+    assert not (results / "runs").exists() or not list((results / "runs").iterdir())
+
+
+def test_an_epoch_count_of_zero_stays_zero_under_an_epoch_scale(make_root, tmp_path: Path) -> None:
+    from vdd_bench.benchmark import Benchmark
+    from vdd_bench.runner import plan_run
+
+    bench = Benchmark.open(make_root())
+    checkpoint = tmp_path / "b.pt"
+    save_checkpoint(checkpoint, build_backbone(BackboneSpec("resnet26", width=0.125), 3), {"task": "alpha"})
+    plan = plan_run(
+        bench, "alpha", "lwf", {"warmup_epochs": 0}, backbone_checkpoint=checkpoint, epoch_scale=0.5
+    )
+    assert plan.config.hparams["warmup_epochs"] == 0  # no warm-up: plain sequential fine-tuning
+    assert plan.config.hparams["epochs"] == 60

@@ -44,6 +44,7 @@ from vdd_bench.device import Device
 from vdd_bench.errors import VddError
 from vdd_bench.method import METHODS, TaskContext, pretrained_backbone, register_method
 from vdd_bench.runner import RunRequest, default_resolution, finish_run, open_run
+from vdd_bench.safeload import load_tensors
 from vdd_bench.store import RunStore
 
 STATE_FILE = "avalanche_state.pt"
@@ -210,7 +211,7 @@ class AvalancheStrategy(SequentialMethod):
         )
         plugins = [p for p in strategy.plugins if not isinstance(p, EvaluationPlugin)]
         if previous is not None:
-            saved = torch.load(run.ctx.inputs[PREVIOUS] / STATE_FILE, map_location="cpu", weights_only=True)
+            saved = load_tensors(run.ctx.inputs[PREVIOUS] / STATE_FILE, "Avalanche plugin state")
             for plugin, state in zip(plugins, saved, strict=True):
                 plugin.__dict__.update(decode_state(state, previous[0].to(device.torch_device)))
         started = time.perf_counter()

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vdd_bench.errors import VddError
+from vdd_bench.safeload import load_tensors
 
 BACKBONE_NAMES: tuple[str, ...] = ("resnet26", "resnet18", "resnet34", "resnet50")
 CHECKPOINT_FORMAT = "vdd-backbone/1"
@@ -307,10 +308,7 @@ def _read_checkpoint(path: Path, check: bool = True) -> dict:
     path = Path(path)
     if not path.is_file():
         raise VddError(f"backbone checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise VddError(f"{path} is not a readable backbone checkpoint (truncated or corrupt?): {e}") from e
+    payload = load_tensors(path, "backbone checkpoint")
     if not (isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT):
         raise VddError(f"{path} is not a {CHECKPOINT_FORMAT} backbone checkpoint")
     missing = {"spec", "num_classes", "state_dict", "meta"} - set(payload)

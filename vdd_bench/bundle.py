@@ -37,6 +37,7 @@ from vdd_bench.benchmark import Benchmark
 from vdd_bench.chains import setting
 from vdd_bench.errors import VddError
 from vdd_bench.method import METHODS, Method, TaskContext, coerce, get_method
+from vdd_bench.safeload import load_tensors
 from vdd_bench.store import RunStore, atomic_write_bytes
 
 BUNDLE_FORMAT = "vdd-bundle/1"
@@ -340,10 +341,7 @@ class Bundle:
 
     @classmethod
     def load(cls, path: Path, device: torch.device | str = "cpu") -> Bundle:
-        try:
-            payload = torch.load(Path(path), map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise VddError(f"{path} is not a readable bundle ({exc})") from None
+        payload = load_tensors(Path(path), "bundle")
         return cls(payload, device)
 
     @property

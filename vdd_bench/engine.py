@@ -27,6 +27,7 @@ from vdd_bench.device import Device
 from vdd_bench.errors import VddError
 from vdd_bench.faults import fault_point
 from vdd_bench.method import Method, Phase, TaskContext
+from vdd_bench.safeload import load_tensors
 from vdd_bench.store import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -56,6 +57,15 @@ def make_optimizer(groups: list[dict[str, Any]], phase: Phase) -> torch.optim.Op
     if phase.optimizer == "adam":
         return torch.optim.Adam(groups, lr=phase.lr)
     raise VddError(f"unknown optimizer {phase.optimizer!r} in phase {phase.name}: use sgd or adam")
+
+
+def first_non_finite(model: nn.Module) -> str | None:
+    """The name of the first parameter or floating-point buffer holding a NaN or an infinity, else None."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    for name, tensor in tensors:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
 
 
 def set_epoch_lr(optimizer: torch.optim.Optimizer, phase: Phase, epoch: int) -> float:
@@ -98,12 +108,6 @@ def remove_checkpoints(path: Path) -> None:
     previous_checkpoint(path).unlink(missing_ok=True)
 
 
-def _first_line(exc: BaseException) -> str:
-    """The first sentence of an exception's message (torch's run on over several)."""
-    text = str(exc).strip()
-    return text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
-
-
 def load_state(path: Path, digest: str, warn: bool = True) -> dict[str, Any] | None:
     """The saved training state of this run, or None when there is none (or it belongs to another config).
 
@@ -117,11 +121,11 @@ def load_state(path: Path, digest: str, warn: bool = True) -> dict[str, Any] | N
                 problems.append(f"{path.name} is missing")
             continue
         try:
-            state = torch.load(candidate, map_location="cpu", weights_only=True)
+            state = load_tensors(candidate, "checkpoint")
             if not isinstance(state, dict):
-                raise ValueError("not a training state")
-        except Exception as exc:  # a torn or foreign file
-            problems.append(f"{candidate.name} is unreadable ({_first_line(exc)})")
+                raise VddError(f"{candidate}: not a training state")
+        except VddError as exc:  # a torn or foreign file
+            problems.append(f"{candidate.name} is unreadable ({str(exc).removeprefix(f'{candidate}: ')})")
             continue
         if state.get("format") != CHECKPOINT_FORMAT or state.get("config") != digest:
             if warn:
@@ -212,7 +216,10 @@ class Trainer:
                 generator = epoch_generator(self.seed, index, epoch)
                 loss = self._epoch(net, optimizer, data, augment, phase, generator)
                 if not np.isfinite(loss):
-                    raise VddError(self._diverged(loss, phase, epoch))
+                    raise VddError(self._diverged(f"loss became {loss}", phase, epoch))
+                if (name := first_non_finite(model)) is not None:  # a finite loss can hide them (lr=inf)
+                    self.bad_step = None
+                    raise VddError(self._diverged(f"{name} became non-finite", phase, epoch))
                 fault_point("engine.epoch")
                 history.append({"phase": phase.name, "epoch": epoch + 1, "lr": lr, "loss": loss})
                 self._save(model, optimizer, index, epoch + 1, history)
@@ -227,8 +234,9 @@ class Trainer:
             model, self.rank_digests = self.dist.finish(model)
         return model, history
 
-    def _diverged(self, loss: float, phase: Phase, epoch: int) -> str:
-        """The one-line error of a non-finite loss: where it happened and which checkpoint is kept."""
+    def _diverged(self, what: str, phase: Phase, epoch: int) -> str:
+        """The one-line error of a non-finite loss or weights: where it happened and which checkpoint is
+        kept (the checkpoint of the epoch that went wrong is never written)."""
         if epoch > 0:
             kept = f"the checkpoint of epoch {epoch} is kept in {self.checkpoint}"
         elif self.checkpoint.exists():
@@ -237,7 +245,7 @@ class Trainer:
             kept = "no checkpoint was written yet"
         step = f"step {self.bad_step} of " if self.bad_step is not None else ""  # None: another rank's
         return (
-            f"{self.label}: loss became {loss} at {step}epoch {epoch + 1} in phase {phase.name}; {kept}: "
+            f"{self.label}: {what} at {step}epoch {epoch + 1} in phase {phase.name}; {kept}: "
             "lower the lr and relaunch"
         )
 

@@ -10,6 +10,7 @@ entry-point group.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,7 +112,42 @@ def resolve_hparams(
                 )
             convert = (converters or {}).get(key)
             resolved[key] = convert(value) if convert else coerce(value, defaults[key], f"{method}.{key}")
+    for key, value in resolved.items():
+        check_range(key, value, f"{method}.{key}")
     return resolved
+
+
+# The range of each shared hyper-parameter, also under a prefix (teacher_lr, retrain_epochs, warmup_lr...):
+# (test, what the value must be). A method's own plain numbers must at least be finite.
+_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "lr": (lambda v: v > 0, "a positive number"),
+    "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "weight_decay": (lambda v: v >= 0, "zero or positive"),
+    "gamma": (lambda v: 0 < v <= 1, "in (0, 1] (the factor the lr is multiplied by at a milestone)"),
+    "batch_size": (lambda v: v >= 1, "at least 1"),
+    "milestones": (
+        lambda v: all(0 < m <= 1 for m in v) and list(v) == sorted(v),
+        "increasing fractions of the phase in (0, 1], e.g. 0.5,0.75",
+    ),
+}
+
+
+def check_range(key: str, value: Any, name: str) -> None:
+    """Refuse a value a run could not train with sensibly, before it starts: NaN or infinity anywhere, a
+    phase's `epochs` under 1 (another phase's `*_epochs` under 0), and the ranges of `_RANGES`."""
+    numbers = value if isinstance(value, list) else [value]
+    if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+        raise VddError(f"bad value {value!r} for {name}: it must be a finite number")
+    if key == "epochs" or key.endswith("_epochs"):
+        least = 1 if key == "epochs" else 0
+        if isinstance(value, int) and not isinstance(value, bool) and value < least:
+            raise VddError(f"bad value {value!r} for {name}: it must be at least {least}")
+        return
+    rule = next((r for suffix, r in _RANGES.items() if key == suffix or key.endswith(f"_{suffix}")), None)
+    if rule is None:
+        return
+    if isinstance(value, (int, float, list)) and not isinstance(value, bool) and not rule[0](value):
+        raise VddError(f"bad value {value!r} for {name}: it must be {rule[1]}")
 
 
 def coerce(value: Any, like: Any, name: str) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
+import math
 import platform
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from vdd_bench.faults import fault_point
 from vdd_bench.images import load_split_images
 from vdd_bench.method import METHODS, Method, TaskContext, get_method
 from vdd_bench.normalization import task_mean_std
+from vdd_bench.safeload import load_tensors
 from vdd_bench.store import RunStore, atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -98,7 +100,7 @@ class Planner:
 
 def load_run_model(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The final weights of a finished run and the structure its method's surgery left."""
-    state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+    state = load_tensors(folder / "model.pt", "finished model")
     return state["model"], state["structure"]
 
 
@@ -125,9 +127,14 @@ def plan_run(
         )
     method_cls = METHODS.get(method)
     hparams = method_cls.resolve(overrides or {}, method)
-    if epoch_scale != 1.0:
+    if not (math.isfinite(epoch_scale) and epoch_scale > 0):
+        raise VddError(
+            f"bad epoch scale {epoch_scale}: give a positive number (0.1 runs a tenth of the epochs)"
+        )
+    if epoch_scale != 1.0:  # a phase keeps at least one epoch; one of 0 epochs (no warm-up) stays 0
         hparams = {
-            k: max(1, round(v * epoch_scale)) if k.endswith("epochs") else v for k, v in hparams.items()
+            k: max(1, round(v * epoch_scale)) if k.endswith("epochs") and v > 0 else v
+            for k, v in hparams.items()
         }
     if protocol not in ("train", "trainval"):
         raise VddError(f"unknown protocol {protocol!r}: use train or trainval")
