@@ -505,3 +505,40 @@ def test_an_epoch_count_of_zero_stays_zero_under_an_epoch_scale(make_root, tmp_p
     )
     assert plan.config.hparams["warmup_epochs"] == 0  # no warm-up: plain sequential fine-tuning
     assert plan.config.hparams["epochs"] == 60
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (("--device", "tpu"), "unknown device 'tpu': use cpu, cuda or cuda:N"),
+        (("--device", "cuda:7"), "device 'cuda:7': this machine has"),
+        (("--resolution", "-5"), "bad resolution -5: the stored image size must be at least 8 px"),
+        (("--resolution", "0"), "bad resolution 0"),
+    ],
+)
+def test_a_bad_device_or_resolution_is_one_line_not_a_traceback_or_a_fallback(
+    make_root, tmp_path: Path, extra: tuple[str, ...], needle: str
+) -> None:
+    if extra[1].startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    results = tmp_path / "results"
+    args = ["run", "--method", "scratch", "--task", "alpha", "--benchmark", str(make_root())]
+    args += ["--results", str(results), "--backbone", "resnet26", "--width", "0.125", "--no-progress", *extra]
+    refused(CliRunner().invoke(main, args), needle)
+    no_done_marker(results)
+
+
+def test_bad_seeds_are_refused_in_one_line(make_root, tmp_path: Path) -> None:
+    args = ["sweep", "--benchmark", str(make_root()), "--methods", "scratch", "--seeds", "a,b", "--dry-run"]
+    refused(CliRunner().invoke(main, [*args, "--results", str(tmp_path)]), "bad --seeds 'a,b'")
+    sweep_file = tmp_path / "s.yaml"
+    sweep_file.write_text("methods: [scratch]\nseeds: [0, true]\n")
+    sweep = ["sweep", "--file", str(sweep_file), "--benchmark", str(make_root()), "--dry-run"]
+    refused(
+        CliRunner().invoke(main, [*sweep, "--results", str(tmp_path)]), "seeds must be a list of integers"
+    )
+
+
+def test_backbone_info_refuses_a_size_of_zero() -> None:
+    result = CliRunner().invoke(main, ["backbone-info", "resnet26", "--size", "0"])
+    assert result.exit_code == 2 and "0 is not in the range x>=1" in result.output

@@ -44,6 +44,13 @@ def parse_sets(sets: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise VddError(f"bad --seeds {text!r}: give comma-separated integers, e.g. 0,1,2") from None
+
+
 def _device(name: str | None):
     from vdd_bench.device import pick_device
 
@@ -172,7 +179,7 @@ def _sweep_requests(sweep_file, root, methods, tasks, seeds, backbone_checkpoint
         "benchmark": str(root) if root else None,
         "methods": methods.split(",") if methods else None,
         "tasks": tasks.split(",") if tasks else None,
-        "seeds": [int(s) for s in seeds.split(",")] if seeds else None,
+        "seeds": _seeds(seeds) if seeds else None,
         "backbone_checkpoint": str(backbone_checkpoint) if backbone_checkpoint else None,
         "epoch_scale": epoch_scale if epoch_scale != 1.0 else None,
     }
@@ -667,7 +674,12 @@ def submit(method, seed, root, test_labels, run_ids, out, results) -> None:
 
 @main.command("backbone-info")
 @click.argument("name")
-@click.option("--size", type=int, default=None, help="Input size (default 64 for resnet26, 224 otherwise).")
+@click.option(
+    "--size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Input size (default 64 for resnet26, 224 otherwise).",
+)
 @click.option("--width", type=float, default=1.0, show_default=True)
 @click.option("--classes", type=int, default=1000, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
@@ -676,7 +688,7 @@ def backbone_info(name: str, size: int | None, width: float, classes: int, as_js
     from vdd_bench.accounting import count_macs, count_parameters
     from vdd_bench.backbones import BackboneSpec, build_backbone
 
-    size = size or (64 if name == "resnet26" else 224)
+    size = size if size is not None else (64 if name == "resnet26" else 224)
     model = build_backbone(BackboneSpec(name, width=width), classes)
     info = {
         "backbone": name,

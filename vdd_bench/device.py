@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vdd_bench.errors import VddError
+
 
 @dataclass(frozen=True)
 class Device:
@@ -47,4 +49,12 @@ def pick_device(name: str | None = None) -> Device:
     """`name` forces a device ("cpu", "cuda", "cuda:1"); by default the first GPU when there is one."""
     if name is None:
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    return Device(torch.device(name))
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise VddError(f"unknown device {name!r}: use cpu, cuda or cuda:N")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise VddError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s); use cpu")
+    return Device(device)

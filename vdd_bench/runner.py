@@ -98,6 +98,9 @@ class Planner:
         return self._plan(method, overrides, protocol or self.protocol)
 
 
+MIN_RESOLUTION = 8  # smaller images leave nothing for the network's strided stages
+
+
 def load_run_model(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The final weights of a finished run and the structure its method's surgery left."""
     state = load_tensors(folder / "model.pt", "finished model")
@@ -136,6 +139,11 @@ def plan_run(
             k: max(1, round(v * epoch_scale)) if k.endswith("epochs") and v > 0 else v
             for k, v in hparams.items()
         }
+    if resolution is not None and resolution < MIN_RESOLUTION:
+        raise VddError(
+            f"bad resolution {resolution}: the stored image size must be at least {MIN_RESOLUTION} px "
+            "(the decathlon's is 72, the toy's 36)"
+        )
     if protocol not in ("train", "trainval"):
         raise VddError(f"unknown protocol {protocol!r}: use train or trainval")
     if backbone_checkpoint is not None:
@@ -178,7 +186,7 @@ def plan_run(
         method=method,
         hparams=hparams,
         backbone=backbone,
-        resolution=resolution or default_resolution(bench),
+        resolution=default_resolution(bench) if resolution is None else resolution,
         recipe=recipe,
         protocol=protocol,
         seed=seed,

@@ -59,7 +59,7 @@ class SweepSpec:
             if not isinstance(value, checks[key]) or isinstance(value, bool):
                 expected = " or ".join(t.__name__ for t in checks[key])
                 raise VddError(f"{source}: {key} must be {expected}, got {value!r}")
-        if "seeds" in data and not all(isinstance(s, int) for s in data["seeds"]):
+        if "seeds" in data and not all(isinstance(s, int) and not isinstance(s, bool) for s in data["seeds"]):
             raise VddError(f"{source}: seeds must be a list of integers, got {data['seeds']!r}")
         if "benchmark" not in data:
             raise VddError(f"{source}: the key 'benchmark' (a decathlon-format root) is required")
