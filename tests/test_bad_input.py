@@ -176,6 +176,8 @@ def test_a_data_defect_is_refused_in_one_line_by_run_and_pack_and_found_by_verif
     results = tmp_path / "results"
     refused(vdd_run(root, results), message, file)
     no_done_marker(results)
+    for folder in (results / "runs").iterdir() if (results / "runs").exists() else []:
+        assert message in (folder / "failed").read_text()  # so `vdd status` says failed, with the error
     pack = ["data", "pack", str(root), "--size", "36", "--out", str(tmp_path / "pack.h5")]
     packed = CliRunner().invoke(main, pack)  # its progress bar goes to stderr too: the last line is the error
     assert packed.exit_code == 2, packed.output

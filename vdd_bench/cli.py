@@ -138,6 +138,7 @@ def run(
     from vdd_bench.backbones import BackboneSpec
     from vdd_bench.benchmark import Benchmark
     from vdd_bench.runner import execute, plan_run
+    from vdd_bench.store import RunStore
 
     bench = Benchmark.open(root, test_labels)
     spec = BackboneSpec(backbone, width=width) if backbone else None
@@ -155,7 +156,11 @@ def run(
         test_labels,
         epoch_scale,
     )
-    record = execute(request, results, _device(device), progress)
+    try:
+        record = execute(request, results, _device(device), progress)
+    except Exception as exc:  # `vdd status` then says failed, with this error, not todo
+        RunStore(results).fail(request.config.run_id, exc)
+        raise
     click.echo(
         json.dumps(
             {"run_id": record["run_id"], "metrics": record["metrics"], "accounting": record["accounting"]},

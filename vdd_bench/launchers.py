@@ -9,7 +9,6 @@ is skipped, so the same run never runs twice at once, whichever launcher started
 
 from __future__ import annotations
 
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from vdd_bench.device import Device, pick_device
 from vdd_bench.errors import VddError
 from vdd_bench.method import METHODS
 from vdd_bench.runner import RunRequest, execute
-from vdd_bench.store import ClaimHeld, RunStore, atomic_write_bytes, claim_is_live, claimed
+from vdd_bench.store import ClaimHeld, RunStore, claim_is_live, claimed
 
 
 @dataclass
@@ -91,7 +90,6 @@ class LocalLauncher:
                 todo.append(request)
         for request in tqdm(todo, desc="runs", unit="run", disable=not self.progress or not todo):
             run_id = request.config.run_id
-            failed = store.run_dir(run_id) / "failed"
             try:
                 with claimed(store.run_dir(run_id), live_claim_checker()):
                     run_request(request, self.results, self.device, self.progress)
@@ -99,11 +97,10 @@ class LocalLauncher:
                 summary.claimed.append((run_id, str(exc)))
             except VddError as exc:
                 summary.failed.append((run_id, str(exc)))
-                atomic_write_bytes(failed, f"{exc}\n".encode())
+                store.fail(run_id, exc)
             except Exception as exc:  # keep the sweep going; the full trace lands next to the run
                 summary.failed.append((run_id, f"{type(exc).__name__}: {exc}"))
-                atomic_write_bytes(failed, traceback.format_exc().encode())
+                store.fail(run_id, exc)
             else:
-                failed.unlink(missing_ok=True)
                 summary.completed += 1
         return summary

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import io
@@ -363,7 +364,8 @@ def execute(
     config = request.config
     existing = RunStore(results).record(config.run_id)
     if existing is not None:
-        remove_checkpoints(RunStore(results).run_dir(config.run_id) / "checkpoint.pt")  # left by a crash
+        with contextlib.suppress(OSError):  # left by a crash; a read-only store keeps them, harmlessly
+            remove_checkpoints(RunStore(results).run_dir(config.run_id) / "checkpoint.pt")
         return existing
     device = device or pick_device()
     for needed in request.inputs.values():

@@ -24,6 +24,7 @@ import os
 import socket
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -98,6 +99,15 @@ class RunStore:
         record = {"format": RECORD_FORMAT, "run_id": config.run_id, "config": config.to_dict(), **record}
         atomic_write_json(folder / "record.json", record)
         atomic_write_bytes(folder / "done", b"")
+        (folder / "failed").unlink(missing_ok=True)  # an earlier attempt's error no longer applies
+
+    def fail(self, run_id: str, error: BaseException) -> None:
+        """Keep the error of a failed attempt in its folder, when the attempt got as far as making one: the
+        one-line message of a `VddError`, the full traceback of anything else (a bug to report)."""
+        folder = self.run_dir(run_id)
+        if folder.is_dir():
+            text = f"{error}\n" if isinstance(error, VddError) else "".join(traceback.format_exception(error))
+            atomic_write_bytes(folder / "failed", text.encode())
 
     def record(self, run_id: str) -> dict[str, Any] | None:
         if not self.is_done(run_id):
