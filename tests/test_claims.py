@@ -116,3 +116,26 @@ def test_the_local_launcher_skips_a_run_held_by_someone_else(tmp_path: Path) -> 
     summary = LocalLauncher(tmp_path / "results", progress=False).launch([request])
     assert summary.completed == 0 and summary.failed == []
     assert [run_id for run_id, _ in summary.claimed] == [config.run_id]
+
+
+def test_a_run_another_process_finished_meanwhile_is_not_counted_as_completed_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import contextlib
+
+    import vdd_bench.launchers as launchers
+    from vdd_bench.store import RunStore
+
+    config = RunConfig("c" * 12, "toy", "shapes", "finetune", {}, {"checkpoint": None}, 36)
+    request = RunRequest(config, tmp_path / "missing-root", None)
+    store = RunStore(tmp_path / "results")
+
+    @contextlib.contextmanager
+    def claimed_after_the_other_finished(folder, is_live):
+        store.start(config)  # the other sweep ran it while this one waited for its turn
+        store.finish(config, {"metrics": {}})
+        yield
+
+    monkeypatch.setattr(launchers, "claimed", claimed_after_the_other_finished)
+    summary = LocalLauncher(tmp_path / "results", progress=False).launch([request])
+    assert (summary.completed, summary.done_elsewhere, summary.failed) == (0, 1, [])

@@ -259,9 +259,10 @@ def sweep(
         return
     summary = LocalLauncher(results, _device(device), progress).launch(requests)
     claimed = f", {len(summary.claimed)} skipped (running elsewhere)" if summary.claimed else ""
+    elsewhere = f", {summary.done_elsewhere} done meanwhile elsewhere" if summary.done_elsewhere else ""
     click.echo(
         f"{len(requests)} runs: {summary.done_before} already done, {summary.completed} completed, "
-        f"{len(summary.failed)} failed{claimed}"
+        f"{len(summary.failed)} failed{claimed}{elsewhere}"
     )
     _report_failures(summary)
 

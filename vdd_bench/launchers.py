@@ -25,7 +25,8 @@ from vdd_bench.store import ClaimHeld, RunStore, claim_is_live, claimed
 @dataclass
 class LaunchSummary:
     done_before: int = 0
-    completed: int = 0
+    completed: int = 0  # by this process
+    done_elsewhere: int = 0  # finished by another process between this one's plan and its turn
     failed: list[tuple[str, str]] = field(default_factory=list)  # (run id, one-line error)
     claimed: list[tuple[str, str]] = field(default_factory=list)  # (run id, who holds it): skipped
 
@@ -92,6 +93,9 @@ class LocalLauncher:
             run_id = request.config.run_id
             try:
                 with claimed(store.run_dir(run_id), live_claim_checker()):
+                    if not needs_run(request, self.results):
+                        summary.done_elsewhere += 1
+                        continue
                     run_request(request, self.results, self.device, self.progress)
             except ClaimHeld as exc:
                 summary.claimed.append((run_id, str(exc)))
