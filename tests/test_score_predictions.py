@@ -39,8 +39,9 @@ def test_a_predictions_file_is_scored_against_the_test_labels(toy_root: Path, tm
     assert result.exit_code == 0, result.output
     [scored] = json.loads(result.output).values()
     assert scored["accuracy"] == expected
-    # colors: no error -> 1000; shapes: error E against Emax = 2 * 50% -> 1000 * (1 - E)^2
-    assert scored["per_task"]["colors"] == 1000.0
+    # colors: no error, counted as 99.5% (the rule for baselines other than the official ones) against
+    # Emax = 2 * 10% -> 1000 * (1 - 0.005 / 0.2)^2; shapes: error E against Emax = 2 * 50% -> 1000 * (1 - E)^2
+    assert abs(scored["per_task"]["colors"] - 1000 * (1 - 0.005 / 0.2) ** 2) < 1e-6
     shapes_error = 1 - expected["shapes"] / 100
     assert abs(scored["per_task"]["shapes"] - 1000 * (1 - shapes_error) ** 2) < 1e-6
 
@@ -50,3 +51,24 @@ def test_a_predictions_file_is_scored_against_the_test_labels(toy_root: Path, tm
         main, ["score", str(duplicated), "--labels", str(labels_dir), "--baselines", str(baselines)]
     )
     assert bad.exit_code == 2 and "error:" in bad.output
+
+
+def test_saturated_baselines_are_scored_by_one_rule_whichever_form_they_come_in(tmp_path: Path) -> None:
+    """Fine-tuning at 99.7-100% (a custom benchmark's easy tasks): as a {task: acc} file or as the
+    leaderboard's JSON, accuracies above 99.5 count as 99.5 for the baseline and the run alike, so
+    fine-tuning earns 250 per task (a baseline of 100 is not refused), and the same numbers come out."""
+    accuracies = tmp_path / "accs.json"
+    accuracies.write_text(json.dumps({"finetune": {"a": 100.0, "b": 99.7}, "other": {"a": 99.2, "b": 98.0}}))
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps({"a": 100.0, "b": 99.7}))
+    board = tmp_path / "board.json"
+    board.write_text(json.dumps([{"baselines": {"a": 99.5, "b": 99.5}}]))
+    scores = []
+    for baselines in (plain, board):
+        result = CliRunner().invoke(main, ["score", str(accuracies), "--baselines", str(baselines), "--json"])
+        assert result.exit_code == 0, result.output
+        scores.append({name: row["per_task"] for name, row in json.loads(result.output).items()})
+    assert scores[0] == scores[1]
+    assert scores[0]["finetune"] == {"a": 250.0, "b": 250.0}
+    # 99.2% is an error of 0.8 against Emax = 2 * 0.5: 1000 * (1 - 0.8)^2; 98% is past Emax: 0
+    assert abs(scores[0]["other"]["a"] - 40.0) < 1e-9 and scores[0]["other"]["b"] == 0.0

@@ -78,16 +78,17 @@ def accuracy_rows(
     return out
 
 
-def read_baselines(path: Path) -> tuple[dict[str, float], bool]:
+def read_baselines(path: Path) -> dict[str, float]:
     """{task: baseline accuracy %}, or the output of `vdd leaderboard --format json` for one benchmark
-    group, whose fine-tuning row then gives the baselines; True for the latter, which is then scored as the
-    leaderboard scores that group (accuracies above MAX_SCORED_ACC count as that)."""
+    group, whose fine-tuning row then gives the baselines."""
     content = read_json(path)
     if isinstance(content, list):
-        return _leaderboard_baselines(path, content), True
-    if not isinstance(content, dict) or not all(isinstance(v, (int, float)) for v in content.values()):
+        return _leaderboard_baselines(path, content)
+    if not isinstance(content, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in content.values()
+    ):
         raise VddError(f"{path}: baselines must be a JSON object {{task: baseline accuracy %}}")
-    return {k: float(v) for k, v in content.items()}, False
+    return {k: float(v) for k, v in content.items()}
 
 
 def _leaderboard_baselines(path: Path, groups: list) -> dict[str, float]:
@@ -105,9 +106,10 @@ def score_file(
     path: Path, labels: Path | None = None, as_json: bool = False, baselines_file: Path | None = None
 ) -> str:
     """Official baselines for decathlon tasks; `baselines_file` ({task: acc %}, or a leaderboard JSON) for
-    any other benchmark."""
-    baselines, capped = read_baselines(baselines_file) if baselines_file else (official_baselines(), False)
-    cap = (lambda a: min(a, MAX_SCORED_ACC)) if capped else (lambda a: a)
+    any other benchmark, scored by the leaderboard's rule for such baselines: every accuracy above
+    MAX_SCORED_ACC, the baseline's and the run's, counts as MAX_SCORED_ACC (one rule, whichever form)."""
+    baselines = read_baselines(baselines_file) if baselines_file else official_baselines()
+    cap = (lambda a: min(a, MAX_SCORED_ACC)) if baselines_file else (lambda a: a)
     results = {}
     for name, accs in accuracy_rows(path, labels, known=None if baselines_file else DECATHLON).items():
         unknown = [t for t in accs if t not in baselines]
