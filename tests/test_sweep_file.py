@@ -74,6 +74,28 @@ def test_methods_on_the_command_line_narrow_a_file_with_sections_for_others(
     assert spec.overrides_for("lwf") == {"epochs": 2, "warmup_epochs": 2}
 
 
+def test_set_on_the_command_line_overrides_a_files_own_section_for_a_method(
+    toy_root: Path, toy_backbone: Path, tmp_path: Path
+) -> None:
+    """`--set lr=0.05` is the user's last word: over the file's `all` and over `finetune: {lr: 0.01}`."""
+    from click.testing import CliRunner
+
+    from vdd_bench.cli import main
+
+    def run_ids(text: str, *sets: str) -> list[str]:
+        path = tmp_path / "sweep.yaml"
+        path.write_text(f"benchmark: {toy_root}\nmethods: [finetune, feature]\ntasks: [colors]\n{text}")
+        args = ["sweep", "--file", str(path), "--backbone-checkpoint", str(toy_backbone), "--dry-run"]
+        ran = CliRunner().invoke(main, [*args, *sets, "--results", str(tmp_path)])
+        assert ran.exit_code == 0, ran.output
+        return sorted(ran.output.split())
+
+    sections = "hparams:\n  all: {lr: 0.2}\n  finetune: {lr: 0.01}\n"
+    overridden = run_ids(sections, "--set", "lr=0.05")
+    assert overridden == run_ids("hparams:\n  all: {lr: 0.05}\n")
+    assert overridden != run_ids(sections)
+
+
 def test_a_preset_is_a_set_of_values_under_the_users_own(toy_root: Path, toy_backbone: Path) -> None:
     from click.testing import CliRunner
 

@@ -192,8 +192,13 @@ def _sweep_requests(sweep_file, root, methods, tasks, seeds, backbone_checkpoint
     if methods and isinstance(data.get("hparams"), dict):  # --methods narrows the file: its other sections go
         kept = {"all", *options["methods"]}
         data["hparams"] = {k: v for k, v in data["hparams"].items() if k in kept}
-    if sets:
-        data.setdefault("hparams", {}).setdefault("all", {}).update(parse_sets(sets))
+    if sets:  # over the file's "all" section and over a method's own value of the same key
+        hparams = data.setdefault("hparams", {})
+        for key, value in parse_sets(sets).items():
+            hparams.setdefault("all", {})[key] = value
+            for section in hparams.values():
+                if isinstance(section, dict) and key in section:
+                    section[key] = value
     spec = SweepSpec.from_mapping(data, str(sweep_file or "command line"))
     base = sweep_file.parent if sweep_file and not root else Path.cwd()
     return spec.expand(base)
