@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -79,3 +80,44 @@ def test_a_submission_that_would_miss_images_is_refused_with_one_line(
     assert result.exit_code == 2 and not out.exists()
     assert f"error: run {record['run_id']} (task colors) predicts" in result.output
     assert "(1 missing, 0 not in the benchmark, 0 repeated)" in result.output
+
+
+def test_nettailors_teacher_is_no_finetune_row_unless_asked_for_and_finetune_still_submits(
+    toy_root: Path, toy_backbone: Path, swept: Path, tmp_path: Path
+) -> None:
+    """A run planned only as another run's input (NetTailor's teacher: fine-tuning with the teacher's
+    recipe) is not a row of its own, and `vdd submit --method finetune` takes the baseline, not it."""
+    results = tmp_path / "results"
+    shutil.copytree(swept, results)
+    invoke(
+        "sweep", "--benchmark", toy_root, "--methods", "nettailor", "--tasks", "colors",
+        "--backbone-checkpoint", toy_backbone, "--set", "teacher_epochs=1", "--set", "teacher_batch_size=64",
+        "--set", "epochs=1", "--set", "retrain_epochs=1", "--set", "candidates=0", "--results", results,
+        "--no-progress",
+    )  # fmt: skip
+    records = list(RunStore(results).done_records())
+    [teacher_id] = {r["config"]["inputs"]["teacher"] for r in records if "teacher" in r["config"]["inputs"]}
+    teacher = next(r for r in records if r["run_id"] == teacher_id)
+    assert teacher["method"] == "finetune" and teacher["task"] == "colors"
+
+    def finetune_rows() -> list[dict]:
+        [group] = json.loads(invoke("leaderboard", "--results", results, "--format", "json"))
+        assert any(r["method"] == "nettailor" for r in group["rows"])
+        return [r for r in group["rows"] if r["method"] == "finetune"]
+
+    assert len(finetune_rows()) == 1
+    out = tmp_path / "finetune.json"
+    invoke("submit", "--method", "finetune", "--benchmark", toy_root, "--results", results, "-o", out)
+    assert len(json.loads(out.read_text())) > 0
+
+    # asked for by name (here the done run is found, not rerun), the same run is a result of its own
+    sets = [
+        ("--set", f"{k}={','.join(map(repr, v)) if isinstance(v, list) else v}")
+        for k, v in teacher["config"]["hparams"].items()
+    ]
+    ran = invoke(
+        "run", "--benchmark", toy_root, "--method", "finetune", "--task", "colors", "--backbone-checkpoint",
+        toy_backbone, *[a for pair in sets for a in pair], "--results", results, "--no-progress",
+    )  # fmt: skip
+    assert json.loads(ran)["run_id"] == teacher_id
+    assert len(finetune_rows()) == 2

@@ -156,10 +156,12 @@ def run(
         test_labels,
         epoch_scale,
     )
+    store = RunStore(results)
+    store.mark_entries([request.config.run_id])
     try:
         record = execute(request, results, _device(device), progress)
     except Exception as exc:  # `vdd status` then says failed, with this error, not todo
-        RunStore(results).fail(request.config.run_id, exc)
+        store.fail(request.config.run_id, exc)
         raise
     click.echo(
         json.dumps(
@@ -386,17 +388,16 @@ def leaderboard(
         return
     # --- end continual view ---
 
+    store = RunStore(results)
     records = [
-        r
-        for r in RunStore(results).done_records()
-        if fingerprint is None or r["config"]["benchmark"] == fingerprint
+        r for r in store.done_records() if fingerprint is None or r["config"]["benchmark"] == fingerprint
     ]
     expected = _expected_runs(sweep_files, root, backbone_checkpoint) if sweep_files else None
     if expected and fingerprint is not None:
         expected = [e for e in expected if e.config["benchmark"] == fingerprint]
     if not records and not expected:
         raise VddError(f"no finished runs under {results}: run `vdd demo` or `vdd sweep` first")
-    click.echo(render(build_groups(records, split, expected), fmt, split))
+    click.echo(render(build_groups(records, split, expected, store.entry_ids()), fmt, split))
     if fmt == "markdown":
         from vdd_bench.architectures import render_architectures
 
@@ -644,14 +645,13 @@ def plot(results: Path, out: Path, formats: str, split: str, fingerprint: str | 
     unknown = [f for f in chosen if f not in FIGURE_FORMATS]
     if unknown or not chosen:
         raise VddError(f"unknown figure format(s) {', '.join(unknown) or formats!r}: use png, pdf")
+    store = RunStore(results)
     records = [
-        r
-        for r in RunStore(results).done_records()
-        if fingerprint is None or r["config"]["benchmark"] == fingerprint
+        r for r in store.done_records() if fingerprint is None or r["config"]["benchmark"] == fingerprint
     ]
     if not records:
         raise VddError(f"no finished runs under {results}: run `vdd demo` or `vdd sweep` first")
-    for path in plot_all(build_groups(records, split), records, out, chosen):
+    for path in plot_all(build_groups(records, split, entry_ids=store.entry_ids()), records, out, chosen):
         click.echo(str(path))
 
 

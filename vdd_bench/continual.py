@@ -245,6 +245,7 @@ def run_chain(
 ) -> ChainResult:
     """Run (or resume) every step in order and evaluate each; `on_epoch_end(step, phase, epoch)`."""
     device = device or pick_device()
+    RunStore(results).mark_entries(request.config.run_id for request in requests)
     for step, request in enumerate(requests):
         method = sequential_method(request.config.method)
         hook = None

@@ -80,6 +80,7 @@ class LocalLauncher:
 
     def launch(self, requests: list[RunRequest]) -> LaunchSummary:
         store = RunStore(self.results)
+        store.mark_entries(request.config.run_id for request in requests)
         summary = LaunchSummary()
         todo = []
         for request in requests:

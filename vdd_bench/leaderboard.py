@@ -29,6 +29,7 @@ from vdd_bench.chains import PREVIOUS, setting, with_final_accuracies
 from vdd_bench.config import canonical_json
 from vdd_bench.reference import published_rows
 from vdd_bench.score import MAX_SCORED_ACC, decathlon_score, official_baselines
+from vdd_bench.store import internal_runs
 
 FORMATS = ("markdown", "latex", "csv", "json")
 BASELINE_METHOD = "finetune"
@@ -123,21 +124,25 @@ def _mean(values: list[float]) -> float:
 
 
 def build_groups(
-    records: Iterable[dict[str, Any]], split: str = "test", expected: list[Expected] | None = None
+    records: Iterable[dict[str, Any]],
+    split: str = "test",
+    expected: list[Expected] | None = None,
+    entry_ids: set[str] | None = None,
 ) -> list[Group]:
-    """Groups of rows; `expected` (the runs of a sweep) makes every one of them that is not done missing."""
+    """Groups of rows; `expected` (the runs of a sweep) makes every one of them that is not done missing;
+    `entry_ids` (`RunStore.entry_ids`) leaves out the runs that exist only as another run's input."""
     by_group: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     benches: dict[str, dict[str, Any]] = {}
-    done: set[str] = set()
     records = with_final_accuracies(list(records))  # a chain's entries are its final network's
+    done = {record["run_id"] for record in records}
     read_as_inputs = {i for r in records for i in r["config"].get("inputs", {}).values()}
+    internal = internal_runs(records, entry_ids)
     for record in records:
-        if record["config"].get("extra", {}).get("role") == "pretrain" or record.get("internal"):
-            continue  # backbone pre-training and the internal steps of a method are not entries
+        if record["run_id"] in internal:
+            continue
         gkey = _group_key(record["config"])
         by_group[gkey][_row_key(record["config"])].append(record)
         benches.setdefault(gkey, record["benchmark"])
-        done.add(record["run_id"])
     wanted: dict[str, dict[str, list[Expected]]] = defaultdict(lambda: defaultdict(list))
     for entry in expected or []:
         if entry.run_id in done:

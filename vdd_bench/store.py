@@ -13,6 +13,9 @@ Layout of a run directory `<results>/runs/<run_id>/`:
   failed            the error of the last failed attempt
   claim.json        who is running the run now (see `RunStore.claim`); removed when it stops
   slurm.json        the SLURM job last submitted for the run (job id, log files)
+
+`<results>/entries/<run_id>` (empty) marks a run somebody asked for by name (`vdd run`, `sweep`, `chain`,
+`demo`), as opposed to one planned only as another run's input (NetTailor's teacher): see `internal_runs`.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import socket
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -109,6 +112,20 @@ class RunStore:
             text = f"{error}\n" if isinstance(error, VddError) else "".join(traceback.format_exception(error))
             atomic_write_bytes(folder / "failed", text.encode())
 
+    def mark_entries(self, run_ids: Iterable[str]) -> None:
+        """Remember that these runs were asked for by name, so that they are results of their own even when
+        another run also reads them (the fine-tuning run that is also NetTailor's teacher)."""
+        entries = self.results / "entries"
+        for run_id in run_ids:
+            check_name("run id", run_id)
+            entries.mkdir(parents=True, exist_ok=True)
+            (entries / run_id).touch()
+
+    def entry_ids(self) -> set[str] | None:
+        """The runs asked for by name; None for a store written before they were kept (all are entries)."""
+        entries = self.results / "entries"
+        return set(os.listdir(entries)) if entries.is_dir() else None
+
     def record(self, run_id: str) -> dict[str, Any] | None:
         if not self.is_done(run_id):
             return None
@@ -123,6 +140,22 @@ class RunStore:
             folder = os.path.join(root, name)
             if os.path.exists(os.path.join(folder, "done")):
                 yield read_record(os.path.join(folder, "record.json"))
+
+
+def internal_runs(records: Iterable[dict[str, Any]], entry_ids: set[str] | None) -> set[str]:
+    """The done runs that are not results of their own: a backbone's pre-training, a method's internal steps
+    (NetTailor's student and candidates) and, when `entry_ids` (the runs asked for by name) is given, a run
+    that exists only as another run's input (NetTailor's teacher, when no fine-tuning run of the same
+    settings was asked for). Leaderboards, plots and submissions leave them out."""
+    records = list(records)
+    read_as_inputs = {i for r in records for i in r["config"].get("inputs", {}).values()}
+    return {
+        r["run_id"]
+        for r in records
+        if r.get("internal")
+        or r["config"].get("extra", {}).get("role") == "pretrain"
+        or (entry_ids is not None and r["run_id"] in read_as_inputs and r["run_id"] not in entry_ids)
+    }
 
 
 def read_record(path: str) -> dict[str, Any]:

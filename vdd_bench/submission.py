@@ -20,7 +20,7 @@ import numpy as np
 from vdd_bench.benchmark import Benchmark
 from vdd_bench.chains import CHAIN_PREDICTIONS_FILE, with_final_accuracies
 from vdd_bench.errors import VddError
-from vdd_bench.store import RunStore, atomic_write_bytes
+from vdd_bench.store import RunStore, atomic_write_bytes, internal_runs
 
 
 def select_runs(
@@ -29,17 +29,25 @@ def select_runs(
     method: str,
     seed: int = 0,
     run_ids: Iterable[str] = (),
+    entry_ids: set[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """One finished run per task of the benchmark: `method` at `seed`, or the runs named in `run_ids`."""
+    """One finished run per task of the benchmark: `method` at `seed`, or the runs named in `run_ids`; a run
+    that only serves as another run's input (`vdd_bench.store.internal_runs`) only when named."""
     pinned = set(run_ids)
+    records = list(records)
+    internal = internal_runs(records, entry_ids)
     by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
     other_benchmarks = set()
+    serving: dict[str, int] = defaultdict(int)  # task -> runs that only serve as other runs' inputs
     for record in records:
         config = record["config"]
         if record.get("internal") or config["method"] != method or config["seed"] != seed:
             continue
         if config["benchmark"] != bench.fingerprint:
             other_benchmarks.add(config["benchmark"])
+            continue
+        if record["run_id"] in internal and record["run_id"] not in pinned:
+            serving[record["task"]] += 1
             continue
         if pinned and record["run_id"] not in pinned:
             continue
@@ -52,6 +60,9 @@ def select_runs(
                 f" (its runs are on benchmark(s) {', '.join(sorted(other_benchmarks))}, not "
                 f"{bench.fingerprint}: pass --test-labels as given to `vdd run`)"
                 if other_benchmarks and not by_task
+                else f" (its {serving[task]} run(s) there only serve other methods, e.g. as NetTailor's "
+                "teacher: pass --run RUN_ID to submit one)"
+                if serving[task]
                 else ""
             )
             raise VddError(
@@ -110,7 +121,7 @@ def build_submission(
     """All entries, in the benchmark's task order, and the run each task's predictions come from."""
     store = RunStore(results)
     records = with_final_accuracies(list(store.done_records()))
-    chosen = select_runs(records, bench, method, seed, run_ids)
+    chosen = select_runs(records, bench, method, seed, run_ids, store.entry_ids())
     entries: list[dict[str, int]] = []
     for task, record in chosen.items():
         end = store.run_dir(record["chain_end"]) if "chain_end" in record else None

@@ -149,6 +149,7 @@ class SlurmLauncher:
                 "or use --launcher local"
             )
         summary = SlurmSummary()
+        RunStore(self.results).mark_entries(request.config.run_id for request in requests)
         groups = plan_groups(requests, self.results, queued, summary)
         if not groups:
             return summary
