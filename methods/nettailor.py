@@ -44,6 +44,7 @@ from vdd_bench.errors import VddError
 from vdd_bench.latency import interleaved_median_seconds
 from vdd_bench.method import Method, Phase, TaskContext, pretrained_backbone, register_method
 from vdd_bench.runner import load_run_model
+from vdd_bench.score import accuracy_floor, learned_nothing
 
 if TYPE_CHECKING:
     from vdd_bench.runner import Planner, RunRequest
@@ -368,7 +369,8 @@ SELECTION_FACTS = ("teacher_val_acc", "student_val_acc", "candidates", "chosen",
 
 def select(ctx: TaskContext) -> dict[str, Any]:
     """Every candidate's facts and the choice: fewest MACs (then parameters) within the tolerance of the
-    teacher's validation accuracy; when none is, the most accurate one, and the record says so."""
+    teacher's validation accuracy and above chance; when none is, the most accurate one, and the record
+    says so."""
     teacher_acc = _record(ctx.inputs["teacher"])["metrics"]["val_acc"]
     if teacher_acc is None:
         raise VddError("nettailor selects on validation accuracy: the teacher has none (is val labelled?)")
@@ -385,9 +387,19 @@ def select(ctx: TaskContext) -> dict[str, Any]:
                 "params_task": record["accounting"]["params_task"],
                 "macs": record["accounting"]["macs"],
                 "val_acc": record["metrics"]["val_acc"],
+                "learned_nothing": learned_nothing(
+                    record["metrics"]["val_acc"],
+                    accuracy_floor(record["num_classes"], record["metrics"].get("val_majority_acc")),
+                ),
             }
         )
-    good = [c for c in candidates if c["val_acc"] >= teacher_acc - ctx.hparams["tolerance"]]
+    # a candidate at chance or at the majority class's share (it predicts one class) is never "within the
+    # tolerance", even of a teacher as bad: the harness's guard, not a rule of the authors' code
+    good = [
+        c
+        for c in candidates
+        if not c["learned_nothing"] and c["val_acc"] >= teacher_acc - ctx.hparams["tolerance"]
+    ]
     if good:
         chosen = min(good, key=lambda c: (c["macs"], c["params_total"], c["remove_blocks"]))
     else:

@@ -3,6 +3,10 @@ that really removes modules, exclusion rules, and the student on every backbone 
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -253,3 +257,39 @@ def test_proxies_match_the_blocks_at_odd_resolutions(size: int) -> None:
     with torch.no_grad():
         assert model(torch.randn(2, 3, size, size)).shape == (2, 5)
     assert proxy_stride(9, 5) == 2 and proxy_stride(18, 5) == 4 and proxy_stride(36, 5) == 8
+
+
+def test_a_candidate_that_learned_nothing_is_never_within_the_tolerance(tmp_path: Path) -> None:
+    """A network at chance, or at the share of the most common val class (one that predicts one class), is
+    not "within the tolerance" even of a teacher as bad; a real one close to the teacher is."""
+    from methods.nettailor import select
+    from vdd_bench.method import TaskContext
+
+    def fake_run(name: str, val_acc: float, majority: float | None = None, kept: int = 12) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        metrics = {"val_acc": val_acc, **({"val_majority_acc": majority} if majority is not None else {})}
+        report = {"kept_blocks": kept, "kept_proxies": 0}
+        accounting = {"params_total": kept, "params_task": 1, "macs": kept}
+        record = {"num_classes": 10, "metrics": metrics, "method_report": report, "accounting": accounting}
+        (folder / "record.json").write_text(json.dumps(record))
+        return folder
+
+    def choice(teacher: float, candidates: dict[int, tuple[float, float | None]]) -> dict:
+        for folder in tmp_path.iterdir():
+            shutil.rmtree(folder)
+        inputs = {"teacher": fake_run("teacher", teacher), "student": fake_run("student", teacher)}
+        for k, (acc, majority) in candidates.items():
+            inputs[f"candidate_{k}"] = fake_run(f"candidate_{k}", acc, majority, kept=12 - k)
+        ctx = TaskContext("t", 10, BackboneSpec("resnet26"), None, 10, {"tolerance": 0.5}, 32, inputs)
+        return select(ctx)
+
+    real = choice(50.0, {0: (50.5, 12.0), 6: (49.8, 12.0)})
+    assert real["within_tolerance"] and real["chosen"] == 6
+    at_chance = choice(10.0, {0: (10.0, None), 6: (10.0, None)})  # 10 classes: 10% is chance
+    assert not at_chance["within_tolerance"] and [c["learned_nothing"] for c in at_chance["candidates"]] == [
+        True,
+        True,
+    ]
+    one_class = choice(30.2, {0: (31.0, 30.0), 6: (30.0, 30.0)})  # k = 6 predicts the majority class
+    assert one_class["within_tolerance"] and one_class["chosen"] == 0

@@ -102,6 +102,8 @@ def test_predictions_are_saved_and_give_the_recorded_accuracy(
     for split in ("val", "test"):
         accuracy = 100.0 * np.mean(preds[f"{split}_pred"] == preds[f"{split}_labels"])
         assert accuracy == pytest.approx(record["metrics"][f"{split}_acc"])
+        share = 100.0 * np.bincount(preds[f"{split}_labels"]).max() / len(preds[f"{split}_labels"])
+        assert record["metrics"][f"{split}_majority_acc"] == pytest.approx(share)  # the leaderboard's floor
     assert len(preds["test_image_ids"]) == len(Benchmark.open(toy_root).split(TASK, "test"))
 
 

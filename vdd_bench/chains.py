@@ -75,7 +75,8 @@ def with_final_accuracies(records: list[dict[str, Any]]) -> list[dict[str, Any]]
             out.append(record)
             continue
         accuracy = end.get("continual", {}).get("accuracy", {})
-        metrics = {f"{split}_acc": accuracy.get(split, {}).get(record["task"]) for split in ("val", "test")}
+        final = {f"{split}_acc": accuracy.get(split, {}).get(record["task"]) for split in ("val", "test")}
+        metrics = {**record["metrics"], **final}  # the task's other facts (e.g. its majority class) stay
         out.append(
             {**record, "metrics": metrics, "metrics_at_step": record["metrics"], "chain_end": end["run_id"]}
         )

@@ -28,7 +28,13 @@ from typing import Any
 from vdd_bench.chains import PREVIOUS, setting, with_final_accuracies
 from vdd_bench.config import canonical_json
 from vdd_bench.reference import published_rows
-from vdd_bench.score import MAX_SCORED_ACC, decathlon_score, official_baselines
+from vdd_bench.score import (
+    MAX_SCORED_ACC,
+    accuracy_floor,
+    decathlon_score,
+    learned_nothing,
+    official_baselines,
+)
 from vdd_bench.store import internal_runs
 
 FORMATS = ("markdown", "latex", "csv", "json")
@@ -76,6 +82,13 @@ class Row:
     by_seed: dict[str, dict[int, float]] = field(default_factory=dict)  # task -> seed -> accuracy
     score_std: float | None = None  # sample std of the per-seed scores (seeds every task has, 2 or more)
     inputs_only: int = 0  # how many of its runs other runs read as inputs (e.g. NetTailor's teacher)
+    floors: dict[str, float] = field(default_factory=dict)  # task -> accuracy without learning (score.py)
+
+    def learned_nothing(self) -> list[str]:
+        """Tasks whose accuracy is at or below chance or the majority class's share: flagged in tables."""
+        return [
+            t for t, acc in self.accs.items() if t in self.floors and learned_nothing(acc, self.floors[t])
+        ]
 
     def missing_tasks(self) -> list[str]:
         """Tasks with no accuracy at all because their runs are missing."""
@@ -199,6 +212,13 @@ def _row(runs: list[dict[str, Any]], split: str) -> Row:
             row.stds[task] = statistics.stdev(values) if len(values) > 1 else None
             row.seed_ids[task] = sorted(r["config"]["seed"] for r in scored)
             row.by_seed[task] = {r["config"]["seed"]: r["metrics"][f"{split}_acc"] for r in scored}
+            floors = [
+                accuracy_floor(r["num_classes"], r["metrics"].get(f"{split}_majority_acc"))
+                for r in scored
+                if r.get("num_classes")
+            ]
+            if floors:
+                row.floors[task] = max(floors)
         row.params[task] = _mean([r["accounting"]["params_total"] for r in task_runs])
         row.task_params[task] = _mean([r["accounting"]["params_task_equiv"] for r in task_runs])
         row.macs[task] = _mean([r["accounting"]["macs"] for r in task_runs])

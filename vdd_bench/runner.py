@@ -244,6 +244,8 @@ def evaluate(
         arrays[f"{name}_labels"] = labels if labels is not None else np.full(len(pred), -1, dtype=np.int64)
         usable = labels is not None and not (name == "val" and protocol == "trainval")
         metrics[f"{name}_acc"] = float(100.0 * np.mean(pred == labels)) if usable else None
+        if usable and len(labels):  # what predicting the most common class scores (flagged at or below)
+            metrics[f"{name}_majority_acc"] = float(100.0 * np.bincount(labels).max() / len(labels))
         fault_point("runner.evaluate")
     return metrics, arrays
 

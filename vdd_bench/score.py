@@ -18,6 +18,17 @@ from vdd_bench.errors import VddError
 MAX_SCORED_ACC = 99.5
 
 
+def accuracy_floor(num_classes: int, majority_acc: float | None = None) -> float:
+    """The accuracy (%) reached without learning anything: chance, 100 / classes, or the share of the
+    split's most common class when that is higher (a network that predicts one class scores it)."""
+    return max(100.0 / num_classes, majority_acc or 0.0)
+
+
+def learned_nothing(acc: float, floor: float) -> bool:
+    """At or below the floor of `accuracy_floor` (to a rounding error)."""
+    return acc <= floor + 1e-9
+
+
 def _check_percent(value: float, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise VddError(f"{what} must be a percentage between 0 and 100, got {value!r}")

@@ -25,6 +25,7 @@ from vdd_bench.leaderboard import FORMATS, Group, Row, row_mean, row_mean_std
 
 MISSING = "missing"
 NONE = "–"
+FLAG = " †"  # marks a cell at or below chance or the majority class (`Row.learned_nothing`)
 HEADERS_TAIL = ["Mean", "Score", "Params (M)", "Task-specific (M)", "GMACs"]
 _LATEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"} | {"~": r"\textasciitilde{}", "^": r"\^{}"}
 
@@ -120,12 +121,31 @@ def _acc_parts(row: Row, task: str) -> tuple[str, str | None] | None:
     return f"{row.accs[task]:.2f}", (f"{std:.2f}" if std is not None else None)
 
 
-def _acc_cell(row: Row, task: str, bold: Callable[[str], str] = str, pm: str = " ± ") -> str:
+def _acc_cell(
+    row: Row, task: str, bold: Callable[[str], str] = str, pm: str = " ± ", flag: str = FLAG
+) -> str:
     parts = _acc_parts(row, task)
     if parts is None:
         return MISSING if task in row.missing_tasks() else NONE
     mean, std = parts
-    return bold(mean) + (pm + std if std is not None else "")
+    return (
+        bold(mean) + (pm + std if std is not None else "") + (flag if task in row.learned_nothing() else "")
+    )
+
+
+def _flag_lines(group: Group, flag: str = FLAG) -> list[str]:
+    """The note under a table with flagged cells: which, and the accuracy that learning nothing gets."""
+    flagged = [
+        f"{row.label} on {task} ({row.accs[task]:.2f} <= {row.floors[task]:.2f})"
+        for row in group.rows
+        for task in row.learned_nothing()
+    ]
+    if not flagged:
+        return []
+    return [
+        f"{flag.strip()} at or below chance or the share of the split's most common class: the network "
+        f"learned nothing usable there: {'; '.join(flagged)}"
+    ]
 
 
 def _missing_lines(group: Group, prefix: str = "") -> list[str]:
@@ -151,7 +171,7 @@ def _markdown(group: Group, split: str) -> str:
             [row.label, *(_acc_cell(row, t) for t in group.tasks), *summary, row.seed_range() or NONE]
         )
     table = tabulate(rows, headers, tablefmt="github", disable_numparse=True)
-    parts = [title(group), table, _note(split)]
+    parts = [title(group), table, _note(split), *_flag_lines(group)]
     missing = _missing_lines(group)
     if missing:
         parts.append("\n".join(missing))
@@ -182,7 +202,7 @@ def _latex(group: Group, split: str) -> str:
     for row in group.rows:
         cells = [_escape(row.label)]
         for task in group.tasks:
-            cell = _acc_cell(row, task, lambda v, t=task: emph(v, best_acc.get(t)), r" $\pm$ ")
+            cell = _acc_cell(row, task, lambda v, t=task: emph(v, best_acc.get(t)), r" $\pm$ ", r"$^\dagger$")
             cells.append({MISSING: r"\emph{missing}", NONE: "--"}.get(cell, cell))
         tail = _summary_cells(group, row, lambda i, text: emph(text, best_tail[i]), r" $\pm$ ")
         cells += ["--" if cell == NONE else cell for cell in tail]
@@ -197,7 +217,8 @@ def _latex(group: Group, split: str) -> str:
     )
     rules = iter([r"\toprule", r"\midrule", r"\bottomrule"])
     table = "\n".join(next(rules) if line == r"\hline" else line for line in raw.splitlines())
-    comments = [*title(group).splitlines(), _note(split).replace("±", "+-"), *_missing_lines(group)]
+    notes = [_note(split).replace("±", "+-"), *_flag_lines(group, "dagger:"), *_missing_lines(group)]
+    comments = [*title(group).splitlines(), *notes]
     head = "\n".join(f"% {line}" for line in title(group).splitlines())
     tail = "\n".join(f"% {line}" for line in comments[len(title(group).splitlines()) :])
     return f"{head}\n{table}\n{tail}"
@@ -207,7 +228,7 @@ def _csv(group: Group) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     task_headers = [h for c in columns(group) for h in (c, f"{c} std", f"{c} seeds")]
-    tail_headers = [*HEADERS_TAIL, "Mean std", "Score std", "Missing runs"]
+    tail_headers = [*HEADERS_TAIL, "Mean std", "Score std", "Missing runs", "Learned nothing"]
     writer.writerow(["group", "Method", *task_headers, *tail_headers])
     name = f"{group.name}/{group.key['benchmark']}"
     for row in group.rows:
@@ -224,6 +245,7 @@ def _csv(group: Group) -> str:
             for v, d in zip(_spreads(group, row)[:2], _DIGITS[:2], strict=True)
         ]
         cells.append("; ".join(f"{m.task} seed {m.seed}: {m.run_id or m.command}" for m in row.missing))
+        cells.append("; ".join(row.learned_nothing()))
         writer.writerow(cells)
     return buffer.getvalue().rstrip("\n")
 
@@ -251,6 +273,7 @@ def as_json(group: Group) -> dict[str, Any]:
                 "params": row.params,
                 "task_specific_params": row.task_params,
                 "macs": row.macs,
+                "learned_nothing": {t: row.floors[t] for t in row.learned_nothing()},
                 "missing": [
                     {"task": m.task, "seed": m.seed, "run_id": m.run_id, "command": m.command}
                     for m in row.missing

@@ -25,7 +25,7 @@ SGD = {"batch_size": 32, "epochs": 8, "lr": 0.1}
 def write(
     bench: dict, method: str, task: str, seed: int, acc: float, params: tuple[int, float, int],
     hparams: dict | None = None, inputs: dict | None = None, report: dict | None = None,
-    internal: bool = False, timing: dict | None = None,
+    internal: bool = False, timing: dict | None = None, majority: float | None = None,
 ) -> str:  # fmt: skip
     config = RunConfig(
         benchmark=bench["fingerprint"], benchmark_kind=bench["kind"], task=task, method=method,
@@ -41,7 +41,8 @@ def write(
         "method": method,
         "internal": internal,
         "num_classes": 10,
-        "metrics": {"test_acc": acc, "val_acc": acc - 1.0},
+        "metrics": {"test_acc": acc, "val_acc": acc - 1.0,
+                    **({"test_majority_acc": majority} if majority is not None else {})},
         "method_report": report or {},
         "accounting": {"params_total": total, "params_task_equiv": task_equiv, "macs": macs,
                        "params_task": int(task_equiv), "params_shared": total - int(task_equiv)},
@@ -84,6 +85,9 @@ def main() -> None:
         for seed, acc in enumerate(accs):
             write(CUSTOM, "adapters_series", task, seed, acc, adapters)
     write(CUSTOM, "finetune", "alpha", 0, 75.0, full, hparams={**SGD, "lr": 0.01})  # beta, gamma missing
+    # flagged: alpha at chance (10 classes), beta under its most common class's share of the test split
+    for task, acc, majority in (("alpha", 10.0, None), ("beta", 40.0, 45.0), ("gamma", 60.0, 45.0)):
+        write(CUSTOM, "scratch", task, 0, acc, full, majority=majority)
     nettailor = {"alpha": (85.0, [0, 5], {1: [0], 3: [2, 3]}), "beta": (61.0, [0, 2, 5], {4: [3]})}
     for task, (acc, kept, proxies) in nettailor.items():
         report = nettailor_report(kept, proxies, chosen=6 - len(kept))
