@@ -78,3 +78,21 @@ def test_score_predictions_counts_per_task():
 def test_score_predictions_rejects_duplicates_missing_and_unknown(pairs, bad):
     with pytest.raises(VddError, match=rf"\b{bad}\b"):
         score_predictions(_preds(pairs), LABELS, TASKS)
+
+
+@pytest.mark.parametrize(
+    ("category", "message"),
+    [
+        (
+            12345,
+            r"prediction #1 \(image id 2\) has category_id 12345, which is not one of task a's 2 categories",
+        ),
+        ("11", r"prediction #1 \(image id 2\) has category_id '11': category ids are integers"),
+        (True, r"has category_id True: category ids are integers"),
+        (20, r"category_id 20, which is not one of task a's 2 categories \(10..11\)"),  # task b's category
+    ],
+)
+def test_a_category_that_is_not_the_tasks_is_an_error_not_a_wrong_answer(category, message):
+    preds = _preds([(1, 10), (2, category), (3, 10), (4, 20)])
+    with pytest.raises(VddError, match=message):
+        score_predictions(preds, LABELS, TASKS, {"a": {10, 11}, "b": {20}})

@@ -51,6 +51,15 @@ def test_a_predictions_file_is_scored_against_the_test_labels(toy_root: Path, tm
         main, ["score", str(duplicated), "--labels", str(labels_dir), "--baselines", str(baselines)]
     )
     assert bad.exit_code == 2 and "error:" in bad.output
+    # another task's category (shapes' first category on a colors image) is an error, not a wrong answer
+    foreign = tmp_path / "foreign.json"
+    shapes = json.loads((labels_dir / "shapes_test.json").read_text())["categories"][0]["id"]
+    foreign.write_text(json.dumps([{**predictions[0], "category_id": shapes}, *predictions[1:]]))
+    bad = CliRunner().invoke(
+        main, ["score", str(foreign), "--labels", str(labels_dir), "--baselines", str(baselines)]
+    )
+    assert bad.exit_code == 2 and bad.output.count("\n") == 1
+    assert f"has category_id {shapes}, which is not one of task colors's" in bad.output
 
 
 def test_saturated_baselines_are_scored_by_one_rule_whichever_form_they_come_in(tmp_path: Path) -> None:

@@ -25,10 +25,14 @@ def invoke(*args: str) -> str:
 @pytest.fixture(scope="module")
 def swept(toy_root: Path, toy_backbone: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     results = tmp_path_factory.mktemp("submit-results")
+    sweep = results / "sweep.yaml"  # fine-tuning long enough to reach 100% on colors: a saturated baseline
+    sweep.write_text(
+        "methods: [finetune, feature]\n"
+        "hparams:\n  all: {batch_size: 32, epochs: 2}\n  finetune: {epochs: 5}\n"
+    )
     invoke(
-        "sweep", "--benchmark", toy_root, "--methods", "finetune,feature", "--backbone-checkpoint",
-        toy_backbone, "--epoch-scale", "0.02", "--set", "batch_size=32", "--results", results,
-        "--no-progress",
+        "sweep", "--file", sweep, "--benchmark", toy_root, "--backbone-checkpoint", toy_backbone,
+        "--results", results, "--no-progress",
     )  # fmt: skip
     return results
 
@@ -47,6 +51,9 @@ def test_a_submission_round_trips_through_vdd_score_to_the_leaderboard(
     board = tmp_path / "board.json"
     board.write_text(invoke("leaderboard", "--results", swept, "--format", "json"))
     [group] = json.loads(board.read_text())
+    # colors is saturated: fine-tuning's 100% is scored as 99.5% by the leaderboard and by vdd score alike
+    finetune = next(r for r in group["rows"] if r["method"] == "finetune")
+    assert finetune["accuracy"]["colors"] == 100.0 and group["baselines"]["colors"] == 99.5
     row = next(r for r in group["rows"] if r["method"] == "feature")
     scored = json.loads(invoke("score", out, "--labels", toy_root, "--baselines", board, "--json"))["feature"]
     assert scored["accuracy"] == pytest.approx(row["accuracy"], abs=1e-9)
@@ -57,6 +64,7 @@ def test_a_submission_round_trips_through_vdd_score_to_the_leaderboard(
 def test_a_submission_that_would_miss_images_is_refused_with_one_line(
     toy_root: Path, swept: Path, tmp_path: Path
 ) -> None:
+    swept = shutil.copytree(swept, tmp_path / "results")  # its predictions get damaged below
     out = tmp_path / "s.json"
     result = CliRunner().invoke(
         main, ["submit", "--method", "feature", "--seed", "1", "--benchmark", str(toy_root),

@@ -73,22 +73,38 @@ def official_baselines() -> dict[str, float]:
 
 
 def score_predictions(
-    predictions: list[dict], labels: dict[int, int], task_of_image: dict[int, str]
+    predictions: list[dict],
+    labels: dict[int, int],
+    task_of_image: dict[int, str],
+    categories: dict[str, set[int]] | None = None,
 ) -> dict[str, float]:
     """Per-task top-1 accuracy (percent) of challenge-format predictions ``[{"image_id", "category_id"}]``.
 
-    Every labelled image must be predicted exactly once, and no other image may be.
+    Every labelled image must be predicted exactly once, and no other image may be; with `categories`
+    (task -> its category ids) a category that is not the image's task's is an error, not a wrong answer.
     """
     predicted: dict[int, int] = {}
     for i, p in enumerate(predictions):
         if not (isinstance(p, dict) and "image_id" in p and "category_id" in p):
             raise VddError(f"prediction #{i} is not an object with image_id and category_id: {p!r}")
-        image_id = p["image_id"]
+        image_id, category = p["image_id"], p["category_id"]
         if image_id not in labels:
             raise VddError(f"prediction #{i} names image id {image_id!r}, which has no label")
         if image_id in predicted:
             raise VddError(f"image id {image_id} is predicted more than once (again in prediction #{i})")
-        predicted[image_id] = p["category_id"]
+        task = task_of_image.get(image_id)
+        if isinstance(category, bool) or not isinstance(category, int):
+            raise VddError(
+                f"prediction #{i} (image id {image_id}) has category_id {category!r}: category ids are "
+                "integers, those of the image's task"
+            )
+        if categories is not None and task in categories and category not in categories[task]:
+            known = sorted(categories[task])
+            raise VddError(
+                f"prediction #{i} (image id {image_id}) has category_id {category}, which is not one of task "
+                f"{task}'s {len(known)} categories ({known[0]}..{known[-1]}): predict the task's own ids"
+            )
+        predicted[image_id] = category
     correct: dict[str, int] = {}
     total: dict[str, int] = {}
     for image_id, category in labels.items():

@@ -31,8 +31,9 @@ def read_json(path: Path) -> Any:
         raise VddError(f"{path} is not valid JSON ({exc}): fix or regenerate it") from None
 
 
-def load_test_labels(path: Path) -> tuple[dict[int, int], dict[int, str]]:
-    """Labels from `<task>_test.json` files (COCO style, with annotations): one file or a folder of them."""
+def load_test_labels(path: Path) -> tuple[dict[int, int], dict[int, str], dict[str, set[int]]]:
+    """Labels, the task of each image and each task's category ids (its `categories`, else the labels'),
+    from `<task>_test.json` files (COCO style, with annotations): one file or a folder of them."""
     if path.is_dir():
         files = sorted(path.glob("*_test.json")) or sorted((path / "annotations").glob("*_test.json"))
     else:
@@ -41,6 +42,7 @@ def load_test_labels(path: Path) -> tuple[dict[int, int], dict[int, str]]:
         raise VddError(f"no <task>_test.json files in {path}: pass the folder holding the test labels")
     labels: dict[int, int] = {}
     task_of_image: dict[int, str] = {}
+    categories: dict[str, set[int]] = {}
     for file in files:
         task = file.name.removesuffix("_test.json")
         content = read_json(file)
@@ -49,7 +51,12 @@ def load_test_labels(path: Path) -> tuple[dict[int, int], dict[int, str]]:
         for ann in content["annotations"]:
             labels[int(ann["image_id"])] = int(ann["category_id"])
             task_of_image[int(ann["image_id"])] = task
-    return labels, task_of_image
+        listed = content.get("categories")
+        if isinstance(listed, list) and all(isinstance(c, dict) and "id" in c for c in listed):
+            categories[task] = {int(c["id"]) for c in listed}
+        else:
+            categories[task] = {int(a["category_id"]) for a in content["annotations"]}
+    return labels, task_of_image, categories
 
 
 def accuracy_rows(
@@ -59,8 +66,8 @@ def accuracy_rows(
     if isinstance(content, list):
         if labels is None:
             raise VddError(f"{path} is a predictions file: pass --labels with the test labels to score it")
-        truth, task_of_image = load_test_labels(labels)
-        return {path.stem: score_predictions(content, truth, task_of_image)}
+        truth, task_of_image, categories = load_test_labels(labels)
+        return {path.stem: score_predictions(content, truth, task_of_image, categories)}
     if not isinstance(content, dict) or not content:
         raise VddError(
             f"{path}: expected {{task: accuracy %}}, {{name: {{task: accuracy %}}}} or a predictions list"
