@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import h5py
@@ -121,3 +122,37 @@ def test_task_mean_std_official_or_computed_once(make_root, tmp_path: Path, monk
     monkeypatch.setattr(normalization, "load_split_images", lambda *a: pytest.fail("decoded again"))
     assert task_mean_std(bench, "alpha", results=tmp_path) == (mean, std)
     assert task_mean_std(bench, "alpha", images=images) == (mean, std)
+
+
+def test_two_copies_with_the_same_annotations_and_other_images_are_told_apart(
+    make_root, tmp_path: Path
+) -> None:
+    """Runs and packs are keyed by the annotations (a copy of the data keeps its runs); a pack of other
+    images is caught by `vdd data verify --cache`, and `--digest` tells the two copies apart."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from vdd_bench.cli import main
+
+    root = make_root()
+    other = Path(shutil.copytree(root, tmp_path / "other"))
+    name = json.loads((root / "annotations" / "alpha_train.json").read_text())["images"][0]["file_name"]
+    with Image.open(root / name) as image:
+        image.convert("RGB").rotate(90).save(other / name, quality=40)
+    assert Benchmark.open(other).fingerprint == Benchmark.open(root).fingerprint
+    out = pack(Benchmark.open(root), tmp_path / "c.h5", 36, progress=False)
+
+    def verify(where: Path, *extra: str) -> tuple[int, str]:
+        result = CliRunner().invoke(main, ["data", "verify", str(where), "--no-images", *extra])
+        return result.exit_code, result.output
+
+    assert verify(root, "--cache", str(out))[0] == 0
+    code, text = verify(other, "--cache", str(out))
+    assert code == 1 and "alpha/train was packed from other images than this root's" in text
+    assert "beta/" not in text
+    digests = [
+        dict(re.findall(r"^(alpha|beta) +([0-9a-f]{64})$", verify(where, "--digest")[1], re.M))
+        for where in (root, other)
+    ]
+    assert digests[0]["beta"] == digests[1]["beta"] and digests[0]["alpha"] != digests[1]["alpha"]

@@ -2,8 +2,9 @@
 
 Layout: `/<task>/<split>/images` uint8 [N, 3, S, S] (contiguous, so that training memory-maps it at its file
 offset; random reads of chunked datasets are slow), `/<task>/<split>/labels` int64 (absent for unlabelled
-test splits), `/<task>/<split>/image_ids` int64; file attrs `fingerprint`, `size`, `format`, `geometry`
-("square" or "squash", see `vdd_bench.images`; a file without it, written before squashed caches
+test splits), `/<task>/<split>/image_ids` int64 and the group attr `sizes_digest` (the images' names and
+byte sizes: the fingerprint covers the annotations only); file attrs `fingerprint`, `size`, `format`,
+`geometry` ("square" or "squash", see `vdd_bench.images`; a file without it, written before squashed caches
 existed, holds squares). The two geometries live in two files side by side (`...-s72.h5`,
 `...-s72-squash.h5`), so both can be packed and a reader never takes one for the other. The file is
 written under a temporary name and renamed when complete, so an interrupted pack never leaves a file that
@@ -19,9 +20,10 @@ import numpy as np
 
 from vdd_bench.benchmark import SPLITS, Benchmark, SplitIndex
 from vdd_bench.errors import DataError
-from vdd_bench.images import decode_files, image_paths
+from vdd_bench.images import decode_files, files_digest, image_paths
 
 FORMAT = "vdd-cache/1"
+SIZES_DIGEST = "sizes_digest"  # group attr: `files_digest` of the split's images (`vdd data verify --cache`)
 _BLOCK = 4096  # images decoded and written at a time: bounds memory for the large tasks
 
 
@@ -63,6 +65,7 @@ def pack(
                         image_paths(bench.root, files), size, geometry
                     )
                     bar.update(len(files))
+                group.attrs[SIZES_DIGEST] = files_digest(image_paths(bench.root, index.files), index.files)
         os.replace(tmp, out)
     finally:
         bar.close()

@@ -864,13 +864,24 @@ def data() -> None:
 @click.option(
     "--cache",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Also check this HDF5 pack of the root (vdd data pack): readable to its end, same annotations.",
+    help="Also check this HDF5 pack of the root (vdd data pack): readable to its end, same annotations, "
+    "images of the same names and sizes.",
 )
-def data_verify(root: Path, test_labels: Path | None, no_images: bool, cache: Path | None) -> None:
+@click.option(
+    "--digest",
+    is_flag=True,
+    help="Also print each task's sha256 over its images' contents, to compare two copies of a root (runs "
+    "are keyed by the annotations only).",
+)
+def data_verify(
+    root: Path, test_labels: Path | None, no_images: bool, cache: Path | None, digest: bool
+) -> None:
     """Check a root before spending GPU hours on it; exit 1 when it has errors."""
     from vdd_bench.verify import format_report, verify
 
-    report = verify(root, test_labels, check_images=not no_images, progress=sys.stderr.isatty(), cache=cache)
+    report = verify(
+        root, test_labels, not no_images, progress=sys.stderr.isatty(), cache=cache, digest=digest
+    )
     click.echo(format_report(report))
     if not report.ok:
         sys.exit(1)

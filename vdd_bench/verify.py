@@ -21,6 +21,7 @@ from PIL import Image
 from tasks.decathlon import DECATHLON, NATIVE_RESOLUTION
 from vdd_bench.benchmark import (
     SPLITS,
+    Benchmark,
     SplitScan,
     detect_kind,
     examples,
@@ -32,7 +33,7 @@ from vdd_bench.benchmark import (
     scan_split,
 )
 from vdd_bench.errors import DataError
-from vdd_bench.images import image_paths
+from vdd_bench.images import files_digest, image_paths
 
 _ID_BASE = 10**7
 _SPLIT_OFFSET = {"train": 0, "val": 100_000, "test": 200_000}
@@ -60,6 +61,7 @@ class VerifyReport:
     kind: str = "custom"
     problems: list[Problem] = field(default_factory=list)
     rows: list[_TaskRow] = field(default_factory=list)
+    digests: dict[str, str] = field(default_factory=dict)  # task -> sha256 of its images' bytes (--digest)
 
     @property
     def ok(self) -> bool:
@@ -91,6 +93,10 @@ def format_report(report: VerifyReport) -> str:
         lines += ["", tabulate(report.summary_rows(), headers="keys")]
     errors = sum(p.severity == "error" for p in report.problems)
     warnings = len(report.problems) - errors
+    if report.digests:
+        table = sorted(report.digests.items())
+        lines += ["", "images (sha256 of every image's name and bytes, split by split):"]
+        lines += ["", tabulate(table, headers=["task", "sha256"])]
     if report.problems:
         table = [(p.severity, p.file, p.message) for p in report.problems]
         lines += ["", tabulate(table, headers=["severity", "file", "problem"])]
@@ -107,9 +113,11 @@ def verify(
     check_images: bool = True,
     progress: bool = False,
     cache: Path | None = None,
+    digest: bool = False,
 ) -> VerifyReport:
     """Check everything about a root and collect every problem (see the module docstring for the rules);
-    with `cache`, also the HDF5 pack of it that training would read (`vdd data pack`)."""
+    with `cache`, also the HDF5 pack of it that training would read (`vdd data pack`); with `digest`, the
+    sha256 of each task's image contents (the fingerprint covers the annotations only)."""
     root = Path(root).expanduser().resolve()
     report = VerifyReport(root)
     try:
@@ -127,6 +135,11 @@ def verify(
         checker.images(progress)
     if cache is not None:
         checker.cache(Path(cache))
+    if digest and report.ok:
+        bench = Benchmark.open(root, test_labels)
+        for task in bench.task_names():
+            files = [f for split in SPLITS for f in bench.split(task, split).files]
+            report.digests[task] = files_digest(image_paths(root, files), files, contents=True)
     for row in report.rows:
         row.errors = checker.errors[row.task]
     return report
@@ -288,14 +301,14 @@ class _Checker:
         """The pack must be readable to its end, of this root's annotations, with every split's images."""
         import h5py
 
-        from vdd_bench.benchmark import Benchmark
-        from vdd_bench.cache import FORMAT
+        from vdd_bench.cache import FORMAT, SIZES_DIGEST
 
         fix = "delete it and re-pack (`vdd data pack`)"
         try:
-            fingerprint = Benchmark.open(self.root, self.test_labels).fingerprint
+            bench: Benchmark | None = Benchmark.open(self.root, self.test_labels)
+            fingerprint = bench.fingerprint
         except DataError:
-            fingerprint = None  # the annotation problems are reported on their own
+            bench, fingerprint = None, None  # the annotation problems are reported on their own
         try:
             with h5py.File(path, "r") as h5:
                 if h5.attrs.get("format") != FORMAT:
@@ -316,8 +329,27 @@ class _Checker:
                             self.add("error", path, message, row.task)
                         elif count:
                             images[count - 1]  # the last image: a file cut short fails here
+                        if bench is not None and SIZES_DIGEST in h5[f"{row.task}/{split}"].attrs:
+                            self._same_images(path, bench, row.task, split, h5[f"{row.task}/{split}"])
         except OSError as exc:
             self.add("error", path, f"unreadable or truncated cache file ({exc}); {fix}")
+
+    def _same_images(self, path: Path, bench: Benchmark, task: str, split: str, group: Any) -> None:
+        """Same annotations do not mean same images: the pack's digest of image names and sizes must be
+        this root's (a pack of another copy of the data, whose images differ, would be read silently)."""
+        from vdd_bench.cache import SIZES_DIGEST
+
+        try:
+            files = bench.split(task, split).files
+            here = files_digest(image_paths(bench.root, files), files)
+        except (DataError, OSError):
+            return  # a missing or unsafe image is reported by the image checks
+        if group.attrs[SIZES_DIGEST] != here:
+            message = (
+                f"{task}/{split} was packed from other images than this root's (same annotations, other "
+                "file sizes): delete it and re-pack (`vdd data pack`)"
+            )
+            self.add("error", path, message, task)
 
     def images(self, progress: bool) -> None:
         """Decode every queued image fully, a few at a time in threads (PIL releases the GIL)."""
