@@ -544,3 +544,48 @@ def test_bad_seeds_are_refused_in_one_line(make_root, tmp_path: Path) -> None:
 def test_backbone_info_refuses_a_size_of_zero() -> None:
     result = CliRunner().invoke(main, ["backbone-info", "resnet26", "--size", "0"])
     assert result.exit_code == 2 and "0 is not in the range x>=1" in result.output
+
+
+def test_a_results_folder_the_user_may_not_write_is_one_line_for_run_sweep_pack_and_pretrain(
+    make_root, tmp_path: Path
+) -> None:
+    """A file where the results folder should be (portable), and a read-only mount (where this machine lets
+    a test make one): one line, nothing half-written."""
+    import shutil
+    import subprocess
+    import sys
+
+    root = make_root()
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    results = blocked / "results"
+    scratch = ["--backbone", "resnet26", "--width", "0.125"]
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("methods: [scratch]\ntasks: [alpha]\nbackbone: {name: resnet26, width: 0.125}\n")
+    commands = [
+        ["run", "--method", "scratch", "--task", "alpha", "--benchmark", str(root), *scratch, *TINY],
+        ["sweep", "--file", str(sweep), "--benchmark", str(root), "--no-progress"],
+        ["data", "pack", str(root), "--size", "16"],
+        ["pretrain", "--benchmark", str(root), "--width", "0.125", "--no-progress"],
+    ]
+    for args in commands:
+        refused(CliRunner().invoke(main, [*args, "--results", str(results)]), "Not a directory", "--results")
+    unshare = shutil.which("unshare")
+    if unshare is None or os.geteuid() != 0:
+        pytest.skip("a read-only mount needs unshare and root (the folder-in-the-way case above ran)")
+    writable, readonly = tmp_path / "rw", tmp_path / "ro"
+    writable.mkdir(), readonly.mkdir()
+    mount = f"mount --bind {writable} {readonly} && mount -o remount,ro,bind {readonly}"
+    vdd = f"{sys.executable} -c 'from vdd_bench.cli import main; main()'"
+    script = f"{mount} || exit 97; " + "; ".join(
+        f"{vdd} {' '.join(args)} --results {readonly}" for args in commands
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ran = subprocess.run(
+        [unshare, "-m", "sh", "-c", script], capture_output=True, text=True, timeout=300, env=env
+    )
+    if ran.returncode == 97 or "unshare:" in ran.stderr:
+        pytest.skip(f"this machine cannot make a read-only mount: {ran.stderr.strip()[:200]}")
+    lines = ran.stderr.strip().splitlines()
+    assert len(lines) == 4 and all("Read-only file system: nothing was recorded" in line for line in lines)
+    assert not any(writable.iterdir())

@@ -5,6 +5,7 @@ click gives nested commands, typed options and help text without hand-written ar
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from pathlib import Path
@@ -57,6 +58,10 @@ def _device(name: str | None):
     return pick_device(name)
 
 
+# a folder the harness may not write (a read-only mount, another user's results, a file in the way)
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR)
+
+
 class Cli(click.Group):
     """Turns the harness's one-line errors into `error: ...` and exit status 2, without a traceback."""
 
@@ -65,6 +70,15 @@ class Cli(click.Group):
             return super().invoke(ctx)
         except VddError as exc:
             click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except OSError as exc:
+            if exc.errno not in _NOT_WRITABLE:
+                raise
+            click.echo(
+                f"error: {exc.filename}: {exc.strerror}: nothing was recorded there; use a results folder "
+                "this user may write (--results or VDD_RESULTS) and files it may read",
+                err=True,
+            )
             sys.exit(2)
 
 
