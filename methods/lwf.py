@@ -47,6 +47,7 @@ def soft_cross_entropy(student: Tensor, teacher: Tensor, temperature: float) -> 
 
 @register_method("lwf")
 class LearningWithoutForgetting(SequentialMethod):
+    schedule_lengths: ClassVar[tuple[str, ...]] = ("epochs", "warmup_epochs")
     defaults: ClassVar[dict[str, Any]] = {
         **SGD_RECIPE,
         "weight_decay": 5e-4,

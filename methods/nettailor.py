@@ -188,6 +188,8 @@ def teacher_outputs(teacher: Backbone, images: Tensor) -> tuple[Tensor, list[Ten
 class _TailoredMethod(Method):
     """What the student, the candidates and the refit share: the loss, the optimizer groups, the structure."""
 
+    schedule_lengths: ClassVar[tuple[str, ...]] = ("teacher_epochs", "epochs", "retrain_epochs")
+
     def __init__(self) -> None:
         self._teacher: Backbone | None = None
 

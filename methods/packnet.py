@@ -131,6 +131,7 @@ def _set_task(model: nn.Module, active: int, current: int) -> None:
 
 @register_method("packnet")
 class PackNet(SequentialMethod):
+    schedule_lengths: ClassVar[tuple[str, ...]] = ("epochs", "retrain_epochs")
     defaults: ClassVar[dict[str, Any]] = {
         "epochs": 20,
         "lr": 1e-3,

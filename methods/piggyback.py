@@ -87,6 +87,7 @@ def binarise(model: nn.Module) -> nn.Module:
 
 @register_method("piggyback")
 class Piggyback(Method):
+    schedule_lengths: ClassVar[tuple[str, ...]] = ("epochs", "lr_step_epochs")
     defaults: ClassVar[dict[str, Any]] = {
         "epochs": 30,
         "lr": 1e-4,

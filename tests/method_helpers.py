@@ -17,17 +17,19 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from tasks.generic import native_resolution
 from tasks.toy import TOY_SOURCE, generate_toy
 from vdd_bench.augment import make_spec
 from vdd_bench.backbones import BackboneSpec, build_backbone, load_checkpoint
 from vdd_bench.benchmark import Benchmark
+from vdd_bench.cache import load_split_images
+from vdd_bench.config import RunSettings
 from vdd_bench.device import pick_device
 from vdd_bench.engine import make_optimizer, predict
-from vdd_bench.images import load_split_images
 from vdd_bench.method import METHODS, TaskContext, get_method, resolve_hparams
 from vdd_bench.normalization import task_mean_std
-from vdd_bench.pretrain import pretrain
-from vdd_bench.runner import default_resolution, execute, plan_run
+from vdd_bench.pretrain import PretrainPlan, pretrain
+from vdd_bench.runner import execute, plan_run
 from vdd_bench.store import RunStore
 
 # Seven-segment digits among distractors: the frozen features leave it far from solved (about 35% of 10
@@ -46,6 +48,11 @@ class ToyEnv:
     @property
     def pretrained(self) -> dict[str, Tensor]:
         return load_checkpoint(self.checkpoint)[1]
+
+    @property
+    def settings(self) -> RunSettings:
+        """Runs on the toy from the pre-trained backbone."""
+        return RunSettings.of(self.bench, backbone_checkpoint=self.checkpoint)
 
 
 @dataclass(frozen=True)
@@ -74,20 +81,15 @@ def make_toy_env(tmp_path_factory: pytest.TempPathFactory) -> ToyEnv:
     base = tmp_path_factory.getbasetemp() / "method-toy"
     bench = Benchmark.open(generate_toy(toy_path(tmp_path_factory)))
     results = base / "results"
-    checkpoint = pretrain(
-        bench,
-        results,
-        BackboneSpec("resnet26", width=0.25),
-        TOY_SOURCE,
-        overrides={"epochs": 6, "batch_size": 64},
-        progress=False,
-    )
+    settings = RunSettings.of(bench, backbone=BackboneSpec("resnet26", width=0.25))
+    plan = PretrainPlan(settings, TOY_SOURCE, {"epochs": 6, "batch_size": 64})
+    checkpoint = pretrain(plan, results, progress=False)
     return ToyEnv(bench, results, checkpoint)
 
 
 def run_method(env: ToyEnv, method: str, overrides: dict[str, Any], task: str = TOY_TASK) -> Run:
     """Plan and execute a run (or reuse the finished one); returns its record, folder and task context."""
-    request = plan_run(env.bench, task, method, overrides, backbone_checkpoint=env.checkpoint)
+    request = plan_run(env.settings, task, method, overrides)
     record = execute(request, env.results, progress=False)
     config = request.config
     spec, pretrained, _ = load_checkpoint(env.checkpoint)
@@ -122,7 +124,7 @@ def trained_model(run: Run) -> nn.Module:
 def predict_test_split(env: ToyEnv, model: nn.Module, task: str = TOY_TASK) -> np.ndarray:
     """Predicted classes of the task's test images, through the runner's own evaluation path."""
     split = env.bench.split(task, "test")
-    size = default_resolution(env.bench)
+    size = native_resolution(env.bench)
     train = load_split_images(env.bench, env.bench.split(task, "train"), size)
     mean, std = task_mean_std(env.bench, task, train, env.results)
     augment = make_spec("residual_adapters", task, size, mean, std)

@@ -10,8 +10,8 @@ from torchvision import transforms
 
 from vdd_bench.augment import AugmentSpec, augment_batch, make_spec
 from vdd_bench.benchmark import Benchmark
+from vdd_bench.cache import load_split_images
 from vdd_bench.errors import VddError
-from vdd_bench.images import load_split_images
 
 MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
 

@@ -10,7 +10,7 @@ import torch
 from method_helpers import ToyEnv, make_toy_env
 from torch import nn
 
-from vdd_bench.avalanche import decode_state, encode_state, register_strategy, to_avalanche
+from methods.avalanche_strategies import decode_state, encode_state, register_strategy, to_avalanche
 from vdd_bench.continual import plan_chain, render_continual, run_chain
 from vdd_bench.leaderboard import build_groups
 from vdd_bench.store import RunStore
@@ -68,9 +68,7 @@ def test_an_avalanche_strategy_runs_as_a_chain_and_lands_in_the_leaderboard(
     env: ToyEnv, strategy: str
 ) -> None:
     method = register_strategy(strategy)
-    requests = plan_chain(
-        env.bench, method, ORDER, {"epochs": 1, "batch_size": 32}, backbone_checkpoint=env.checkpoint
-    )
+    requests = plan_chain(env.settings, method, ORDER, {"epochs": 1, "batch_size": 32})
     result = run_chain(requests, env.results, progress=False)
     assert result.tasks == ORDER and all(v is not None for v in result.final.values())
     records = [r for r in RunStore(env.results).done_records() if r["method"] == method]

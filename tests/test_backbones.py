@@ -5,13 +5,12 @@ import torch
 from torch import nn
 
 from vdd_bench.backbones import (
-    BACKBONE_NAMES,
-    BackboneSpec,
     build_backbone,
     load_checkpoint,
     load_pretrained,
     save_checkpoint,
 )
+from vdd_bench.config import BACKBONE_NAMES, BackboneSpec
 from vdd_bench.errors import VddError
 
 

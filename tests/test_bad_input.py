@@ -17,7 +17,7 @@ from click.testing import CliRunner, Result
 
 from vdd_bench.backbones import CHECKPOINT_FORMAT, BackboneSpec, build_backbone, save_checkpoint
 from vdd_bench.cli import main
-from vdd_bench.config import RunConfig
+from vdd_bench.config import RunConfig, RunSettings
 from vdd_bench.errors import VddError
 from vdd_bench.store import RunStore
 
@@ -502,9 +502,8 @@ def test_an_epoch_count_of_zero_stays_zero_under_an_epoch_scale(make_root, tmp_p
     bench = Benchmark.open(make_root())
     checkpoint = tmp_path / "b.pt"
     save_checkpoint(checkpoint, build_backbone(BackboneSpec("resnet26", width=0.125), 3), {"task": "alpha"})
-    plan = plan_run(
-        bench, "alpha", "lwf", {"warmup_epochs": 0}, backbone_checkpoint=checkpoint, epoch_scale=0.5
-    )
+    settings = RunSettings.of(bench, backbone_checkpoint=checkpoint, epoch_scale=0.5)
+    plan = plan_run(settings, "alpha", "lwf", {"warmup_epochs": 0})
     assert plan.config.hparams["warmup_epochs"] == 0  # no warm-up: plain sequential fine-tuning
     assert plan.config.hparams["epochs"] == 60
 

@@ -64,13 +64,7 @@ def test_bundle_predictions_equal_the_runs(env: ToyEnv, method: str, tmp_path: P
 
 
 def test_packnet_chain_bundle(env: ToyEnv, tmp_path: Path) -> None:
-    chain = plan_chain(
-        env.bench,
-        "packnet",
-        TASKS,
-        {**TINY, "retrain_epochs": 1, "lr": 0.01},
-        backbone_checkpoint=env.checkpoint,
-    )
+    chain = plan_chain(env.settings, "packnet", TASKS, {**TINY, "retrain_epochs": 1, "lr": 0.01})
     run_chain(chain, env.results, progress=False)
     result = CliRunner().invoke(
         main,

@@ -13,9 +13,8 @@ import vdd_bench.cache as cache_module
 import vdd_bench.normalization as normalization
 from tasks.decathlon import DECATHLON
 from vdd_bench.benchmark import Benchmark
-from vdd_bench.cache import default_cache_path, pack, read_split
+from vdd_bench.cache import default_cache_path, load_split_images, pack, read_split
 from vdd_bench.errors import DataError
-from vdd_bench.images import load_split_images
 from vdd_bench.normalization import task_mean_std
 from vdd_bench.runner import task_images
 

@@ -37,20 +37,20 @@ def test_forgetting_is_the_drop_from_the_best_earlier_accuracy() -> None:
 
 
 def test_chain_ids_encode_the_history_and_a_task_comes_once(env: ToyEnv) -> None:
-    ab = plan_chain(env.bench, "lwf", ["colors", "shapes"], TINY, backbone_checkpoint=env.checkpoint)
-    cb = plan_chain(env.bench, "lwf", ["pedestrians", "shapes"], TINY, backbone_checkpoint=env.checkpoint)
+    ab = plan_chain(env.settings, "lwf", ["colors", "shapes"], TINY)
+    cb = plan_chain(env.settings, "lwf", ["pedestrians", "shapes"], TINY)
     assert ab[1].config.inputs["previous"] == ab[0].config.run_id
     assert ab[1].config.run_id != cb[1].config.run_id  # same task and settings, other history
     with pytest.raises(VddError, match="every task once"):
-        plan_chain(env.bench, "lwf", ["colors", "colors"], TINY, backbone_checkpoint=env.checkpoint)
+        plan_chain(env.settings, "lwf", ["colors", "colors"], TINY)
     with pytest.raises(VddError, match="not sequential"):
-        plan_chain(env.bench, "finetune", ORDER, backbone_checkpoint=env.checkpoint)
+        plan_chain(env.settings, "finetune", ORDER)
 
 
 def test_a_chain_killed_between_tasks_continues_from_the_last_finished_task(
     env: ToyEnv, tmp_path: Path
 ) -> None:
-    requests = plan_chain(env.bench, "lwf", ORDER, TINY, backbone_checkpoint=env.checkpoint)
+    requests = plan_chain(env.settings, "lwf", ORDER, TINY)
 
     def stop(step: int, phase: int, epoch: int) -> None:
         if step == 1:

@@ -23,6 +23,7 @@ import torch
 
 from vdd_bench.backbones import BackboneSpec
 from vdd_bench.benchmark import Benchmark
+from vdd_bench.config import RunSettings
 from vdd_bench.runner import RunRequest, plan_run
 from vdd_bench.store import RunStore
 
@@ -42,7 +43,7 @@ def request_(tmp_path_factory: pytest.TempPathFactory) -> RunRequest:
     bench = Benchmark.open(root)
     spec = BackboneSpec("resnet26", width=0.125)
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # import torch's lazy parts before forking
-    return plan_run(bench, TASK, "scratch", OVERRIDES, spec=spec, resolution=36)
+    return plan_run(RunSettings.of(bench, backbone=spec, resolution=36), TASK, "scratch", OVERRIDES)
 
 
 def attempt(request: RunRequest, results: Path, fault: str | None = None, log: Path | None = None) -> str:

@@ -21,8 +21,9 @@ from click.testing import CliRunner
 
 from vdd_bench.cli import main
 from vdd_bench.config import RunConfig
-from vdd_bench.leaderboard import Expected, build_groups, render
+from vdd_bench.leaderboard import Expected, build_groups
 from vdd_bench.store import RunStore
+from vdd_bench.tables import render_groups
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 UPDATE = os.environ.get("VDD_UPDATE_GOLDEN") == "1"
@@ -51,7 +52,7 @@ def test_a_sweep_names_its_missing_runs_by_id() -> None:
     bench = next(r["benchmark"] for r in records if r["benchmark"]["kind"] == "custom")
     configs = [RunConfig.from_dict(c) for c in json.loads((GOLDEN / "expected_runs.json").read_text())]
     expected = [Expected(c.run_id, c.to_dict(), bench, "vdd sweep --file sweep.yaml") for c in configs]
-    check("leaderboard-sweep.md", render(build_groups(records, "test", expected), "markdown") + "\n")
+    check("leaderboard-sweep.md", render_groups(build_groups(records, "test", expected), "markdown") + "\n")
 
 
 def test_the_figures_of_the_golden_runs_render(tmp_path: Path) -> None:

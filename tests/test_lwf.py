@@ -14,13 +14,14 @@ import torch
 import torch.nn.functional as F
 from method_helpers import ToyEnv, make_toy_env
 
+from tasks.generic import native_resolution
 from vdd_bench.augment import augment_batch, make_spec
 from vdd_bench.backbones import load_checkpoint
+from vdd_bench.cache import load_split_images
 from vdd_bench.continual import ChainResult, plan_chain, run_chain
-from vdd_bench.images import load_split_images
 from vdd_bench.method import get_method
 from vdd_bench.normalization import task_mean_std
-from vdd_bench.runner import default_resolution, load_run_model
+from vdd_bench.runner import load_run_model
 from vdd_bench.store import RunStore
 
 ORDER = ["colors", "stripes"]
@@ -46,7 +47,7 @@ def old_head_drift(env: ToyEnv, result: ChainResult) -> tuple[float, float]:
         model.load_state_dict(state)
         return lwf.select_task(model, ORDER[0]).eval()
 
-    size = default_resolution(env.bench)
+    size = native_resolution(env.bench)
     images = load_split_images(env.bench, env.bench.split(ORDER[1], "train"), size)
     mean, std = task_mean_std(env.bench, ORDER[1], images, env.results)
     batch = augment_batch(
@@ -62,7 +63,7 @@ def old_head_drift(env: ToyEnv, result: ChainResult) -> tuple[float, float]:
 
 def test_distillation_holds_the_old_head_and_forgetting_is_measured(env: ToyEnv) -> None:
     def chain(overrides: dict) -> ChainResult:
-        requests = plan_chain(env.bench, "lwf", ORDER, overrides, backbone_checkpoint=env.checkpoint)
+        requests = plan_chain(env.settings, "lwf", ORDER, overrides)
         return run_chain(requests, env.results, progress=False)
 
     lwf, plain = chain(SHORT), chain(SEQUENTIAL_FINETUNING)

@@ -8,6 +8,7 @@ import numpy as np
 
 from vdd_bench.backbones import BackboneSpec
 from vdd_bench.benchmark import Benchmark
+from vdd_bench.config import RunSettings
 from vdd_bench.runner import execute, plan_run
 from vdd_bench.store import RunStore
 
@@ -18,9 +19,8 @@ def test_a_run_on_real_grayscale_images_learns_and_scores_on_the_test_labels(
     bench = Benchmark.open(mini_root)
     assert bench.kind == "custom"
     spec = BackboneSpec("resnet26", width=0.25)
-    request = plan_run(
-        bench, "daimlerpedcls", "scratch", {"epochs": 4, "batch_size": 32}, spec=spec, resolution=36
-    )
+    settings = RunSettings.of(bench, backbone=spec, resolution=36)
+    request = plan_run(settings, "daimlerpedcls", "scratch", {"epochs": 4, "batch_size": 32})
     record = execute(request, tmp_path, progress=False)
     preds = np.load(RunStore(tmp_path).run_dir(request.config.run_id) / "predictions.npz")
     assert (

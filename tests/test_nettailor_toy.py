@@ -65,13 +65,10 @@ def test_easy_tasks_get_leaner_networks_within_the_tolerance(toy_env: ToyEnv) ->
 
 
 def test_every_k_is_a_candidate_and_trainval_selects_on_val_then_refits(toy_env: ToyEnv) -> None:
-    plan = plan_run(toy_env.bench, "colors", "nettailor", {}, backbone_checkpoint=toy_env.checkpoint)
+    plan = plan_run(toy_env.settings, "colors", "nettailor", {})
     assert {n for n in plan.inputs if n.startswith("candidate_")} == {f"candidate_{k}" for k in range(12)}
     # one command: the selection on train/val (the run of the test above), then the refit on train+val
-    request = plan_run(
-        toy_env.bench, "colors", "nettailor", TOY_OVERRIDES, backbone_checkpoint=toy_env.checkpoint,
-        protocol="trainval",
-    )  # fmt: skip
+    request = plan_run(toy_env.settings.but(protocol="trainval"), "colors", "nettailor", TOY_OVERRIDES)
     selection, teacher = request.inputs["selection"], request.inputs["teacher"]
     assert selection.config.protocol == "train" and teacher.config.protocol == "trainval"
     assert request.inputs["student"].config.protocol == "trainval"

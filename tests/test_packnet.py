@@ -29,7 +29,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> ToyEnv:
 
 @pytest.fixture(scope="module")
 def chain(env: ToyEnv) -> list[RunRequest]:
-    requests = plan_chain(env.bench, "packnet", ORDER, SHORT, backbone_checkpoint=env.checkpoint)
+    requests = plan_chain(env.settings, "packnet", ORDER, SHORT)
     run_chain(requests, env.results, progress=False)
     return requests
 
@@ -75,9 +75,7 @@ def test_the_shared_bn_trains_with_the_first_task_then_stays_bitwise_frozen(
     assert first.keys() == last.keys() and all(torch.equal(first[k], last[k]) for k in first)
     assert any(not torch.equal(first[k], env.pretrained[k]) for k in first)  # trained by the first task
     # the named option: a BN per task, the first task's untouched by the second
-    per_task = plan_chain(
-        env.bench, "packnet", ORDER[:2], {**SHORT, "train_bn": True}, backbone_checkpoint=env.checkpoint
-    )
+    per_task = plan_chain(env.settings, "packnet", ORDER[:2], {**SHORT, "train_bn": True})
     run_chain(per_task, env.results, progress=False)
     a, b = (per_task[0].config.run_id, per_task[1].config.run_id)
     assert torch.equal(task_logits(env, env.results, a, "colors"), task_logits(env, env.results, b, "colors"))

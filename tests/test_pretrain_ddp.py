@@ -22,10 +22,12 @@ from torch import nn
 from vdd_bench.backbones import BackboneSpec, build_backbone, load_checkpoint
 from vdd_bench.benchmark import Benchmark
 from vdd_bench.cli import main
-from vdd_bench.distributed import Distributed, GlobalBatchNorm2d, SubmititPretrain, weights_digest
+from vdd_bench.config import RunSettings
+from vdd_bench.distributed import Distributed, GlobalBatchNorm2d, weights_digest
 from vdd_bench.errors import VddError
-from vdd_bench.pretrain import plan_pretrain, pretrain
+from vdd_bench.pretrain import PretrainPlan, pretrain
 from vdd_bench.runner import execute
+from vdd_bench.slurm.pretrain import SubmititPretrain
 from vdd_bench.store import RunStore
 
 TASK = "colors"
@@ -47,14 +49,14 @@ def initial_state(num_classes: int) -> dict:
 
 
 def test_run_id_batch_split_and_batchnorm_mode(toy_root: Path) -> None:
-    bench = Benchmark.open(toy_root)
-    one = plan_pretrain(bench, SPEC, TASK, overrides=ONE_STEP).config
-    assert plan_pretrain(bench, SPEC, TASK, overrides=ONE_STEP, processes=2).config == one
-    per_process = plan_pretrain(bench, SPEC, TASK, overrides=ONE_STEP, processes=2, sync_bn=False).config
+    settings = RunSettings(toy_root, backbone=SPEC)
+    one = PretrainPlan(settings, TASK, ONE_STEP).request().config
+    assert PretrainPlan(settings, TASK, ONE_STEP, processes=2).request().config == one
+    per_process = PretrainPlan(settings, TASK, ONE_STEP, processes=2, sync_bn=False).request().config
     assert per_process.run_id != one.run_id
     assert per_process.extra == {"role": "pretrain", "batchnorm": "per-process/2"}
     with pytest.raises(VddError, match="batch_size 33 is not divisible by 2 processes"):
-        plan_pretrain(bench, SPEC, TASK, overrides={"batch_size": 33}, processes=2)
+        PretrainPlan(settings, TASK, {"batch_size": 33}, processes=2).request()
     result = CliRunner().invoke(
         main,
         ["pretrain", "--benchmark", str(toy_root), "--task", TASK, "--width", "0.25", "--processes", "2"]
@@ -111,8 +113,9 @@ def test_global_batchnorm_is_batchnorm_in_one_process(tmp_path: Path) -> None:
 
 def test_two_processes_take_the_single_process_step(toy_root: Path, tmp_path: Path) -> None:
     bench = Benchmark.open(toy_root)
-    one = pretrain(bench, tmp_path / "one", SPEC, TASK, overrides=ONE_STEP, progress=False)
-    two = pretrain(bench, tmp_path / "two", SPEC, TASK, overrides=ONE_STEP, progress=False, processes=2)
+    settings = RunSettings.of(bench, backbone=SPEC)
+    one = pretrain(PretrainPlan(settings, TASK, ONE_STEP), tmp_path / "one", progress=False)
+    two = pretrain(PretrainPlan(settings, TASK, ONE_STEP, processes=2), tmp_path / "two", progress=False)
     assert two.name == one.name  # same run, same checkpoint name as the single-process pretraining
     assert [p.name for p in (tmp_path / "two" / "backbones").iterdir()] == [two.name]
     run_dir = RunStore(tmp_path / "two").run_dir(load_checkpoint(two)[2]["run_id"])
@@ -143,9 +146,8 @@ def test_two_processes_take_the_single_process_step(toy_root: Path, tmp_path: Pa
     assert records[1]["history"][0]["loss"] == pytest.approx(records[0]["history"][0]["loss"], rel=1e-5)
 
     # Per-process statistics (80 images each) are another computation: another run, another step.
-    own = pretrain(
-        bench, tmp_path / "own", SPEC, TASK, overrides=ONE_STEP, progress=False, processes=2, sync_bn=False
-    )
+    per_process_bn = PretrainPlan(settings, TASK, ONE_STEP, processes=2, sync_bn=False)
+    own = pretrain(per_process_bn, tmp_path / "own", progress=False)
     assert own.name != one.name
     _, per_process, meta_own = load_checkpoint(own)
     assert meta_own["data_parallel"]["batchnorm"] == "per-process"
@@ -159,7 +161,8 @@ def test_submitit_tasks_resume_the_single_process_checkpoint(toy_root: Path, tmp
     bench = Benchmark.open(toy_root)
     overrides = {"epochs": 2, "batch_size": 32}
     results = tmp_path / "results"
-    request = plan_pretrain(bench, SPEC, TASK, overrides=overrides)
+    plan = PretrainPlan(RunSettings.of(bench, backbone=SPEC), TASK, overrides)
+    request = plan.request()
 
     def stop(phase: int, epoch: int) -> None:
         raise KeyboardInterrupt
@@ -172,9 +175,7 @@ def test_submitit_tasks_resume_the_single_process_checkpoint(toy_root: Path, tmp
 
     executor = submitit.LocalExecutor(folder=tmp_path / "submitit")
     executor.update_parameters(tasks_per_node=2, timeout_min=10)  # the default timeout kills at 2 minutes
-    job = executor.submit(
-        SubmititPretrain(toy_root, results, SPEC.to_dict(), TASK, overrides=overrides, device="cpu")
-    )
+    job = executor.submit(SubmititPretrain(plan, results, plan.checkpoint_path(results), device="cpu"))
     paths = job.results()
     assert len(paths) == 2 and paths[0] == paths[1]
     _, state, meta = load_checkpoint(Path(paths[0]))
@@ -209,7 +210,7 @@ def test_pretrain_as_one_slurm_job_of_two_tasks(toy_root: Path, tmp_path: Path) 
     assert result.exit_code == 0, result.output
     path = Path(result.output.strip().splitlines()[-1])
     bench = Benchmark.open(toy_root)
-    digest = plan_pretrain(bench, SPEC, TASK, overrides=ONE_STEP).config.digest()
+    digest = PretrainPlan(RunSettings.of(bench, backbone=SPEC), TASK, ONE_STEP).request().config.digest()
     assert path.name.endswith(f"-{digest}.pt")  # the single-process run's checkpoint name
     assert [p.name for p in (results / "backbones").iterdir()] == [path.name]
     _, state, meta = load_checkpoint(path)

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from vdd_bench.backbones import load_checkpoint
 from vdd_bench.benchmark import Benchmark
 from vdd_bench.cli import main
+from vdd_bench.config import RunSettings
 from vdd_bench.runner import execute, plan_run
 from vdd_bench.store import RunStore
 
@@ -46,7 +47,7 @@ def test_an_interrupted_run_resumes_to_the_same_record(
     toy_root: Path, toy_backbone: Path, tmp_path: Path
 ) -> None:
     bench = Benchmark.open(toy_root)
-    request = plan_run(bench, TASK, "finetune", SMALL, backbone_checkpoint=toy_backbone)
+    request = plan_run(RunSettings.of(bench, backbone_checkpoint=toy_backbone), TASK, "finetune", SMALL)
     straight = execute(request, tmp_path / "a", progress=False)
 
     interrupted = tmp_path / "b"
@@ -64,7 +65,7 @@ def test_an_interrupted_run_resumes_to_the_same_record(
 
 
 def test_a_done_run_is_not_run_again(toy_root: Path, toy_backbone: Path, tmp_path: Path) -> None:
-    request = plan_run(Benchmark.open(toy_root), "colors", "feature", SMALL, backbone_checkpoint=toy_backbone)
+    request = plan_run(RunSettings(toy_root, backbone_checkpoint=toy_backbone), "colors", "feature", SMALL)
     first = execute(request, tmp_path, progress=False)
     record_file = RunStore(tmp_path).run_dir(request.config.run_id) / "record.json"
     stamp = record_file.stat().st_mtime_ns
@@ -76,7 +77,7 @@ def test_a_done_run_is_not_run_again(toy_root: Path, toy_backbone: Path, tmp_pat
 def test_feature_extractor_leaves_the_backbone_bitwise_unchanged(
     toy_root: Path, toy_backbone: Path, tmp_path: Path
 ) -> None:
-    request = plan_run(Benchmark.open(toy_root), TASK, "feature", SMALL, backbone_checkpoint=toy_backbone)
+    request = plan_run(RunSettings(toy_root, backbone_checkpoint=toy_backbone), TASK, "feature", SMALL)
     record = execute(request, tmp_path, progress=False)
     _, pretrained, _ = load_checkpoint(toy_backbone)
     trained = model_state(tmp_path, request.config.run_id)
@@ -96,7 +97,7 @@ def test_feature_extractor_leaves_the_backbone_bitwise_unchanged(
 def test_predictions_are_saved_and_give_the_recorded_accuracy(
     toy_root: Path, toy_backbone: Path, tmp_path: Path
 ) -> None:
-    request = plan_run(Benchmark.open(toy_root), TASK, "finetune", SMALL, backbone_checkpoint=toy_backbone)
+    request = plan_run(RunSettings(toy_root, backbone_checkpoint=toy_backbone), TASK, "finetune", SMALL)
     record = execute(request, tmp_path, progress=False)
     preds = np.load(RunStore(tmp_path).run_dir(request.config.run_id) / "predictions.npz")
     for split in ("val", "test"):

@@ -17,8 +17,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from vdd_bench.benchmark import Benchmark
 from vdd_bench.cli import main
+from vdd_bench.config import RunSettings
 from vdd_bench.runner import execute, plan_run
 from vdd_bench.slurm import scheduler
 from vdd_bench.slurm.launcher import SlurmLauncher, read_submission, wait_for
@@ -138,13 +138,8 @@ def test_a_preempted_and_requeued_job_resumes_to_the_same_record(
     checkpoint, and ends with the record of an uninterrupted run. Long enough (40 toy epochs) that the
     requeue, which SLURM takes seconds to carry out, lands before the run ends."""
     epochs = 40
-    request = plan_run(
-        Benchmark.open(toy_root),
-        "shapes",
-        "finetune",
-        {"epochs": epochs, "batch_size": 32},
-        backbone_checkpoint=toy_backbone,
-    )
+    settings = RunSettings(toy_root, backbone_checkpoint=toy_backbone)
+    request = plan_run(settings, "shapes", "finetune", {"epochs": epochs, "batch_size": 32})
     run_id = request.config.run_id
     straight = execute(request, tmp_path / "local", progress=False)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from vdd_bench.config import RunSettings
 from vdd_bench.errors import VddError
 from vdd_bench.method import resolve_hparams
 from vdd_bench.sweep import SweepSpec
@@ -99,7 +100,6 @@ def test_set_on_the_command_line_overrides_a_files_own_section_for_a_method(
 def test_a_preset_is_a_set_of_values_under_the_users_own(toy_root: Path, toy_backbone: Path) -> None:
     from click.testing import CliRunner
 
-    from vdd_bench.benchmark import Benchmark
     from vdd_bench.cli import main
     from vdd_bench.method import METHODS
     from vdd_bench.runner import plan_run
@@ -113,12 +113,10 @@ def test_a_preset_is_a_set_of_values_under_the_users_own(toy_root: Path, toy_bac
     with pytest.raises(VddError, match="unknown preset 'nettailor-demo' for method finetune"):
         METHODS.get("finetune").resolve({"preset": "nettailor-demo"}, "finetune")
     # part of the run's hash as values: the preset and the same values given one by one are one run
-    bench = Benchmark.open(toy_root)
-    by_name = plan_run(
-        bench, "colors", "finetune", {"preset": "readme-flags"}, backbone_checkpoint=toy_backbone
-    )
-    by_value = plan_run(bench, "colors", "finetune", {"weight_decay": 5e-4}, backbone_checkpoint=toy_backbone)
-    default = plan_run(bench, "colors", "finetune", {}, backbone_checkpoint=toy_backbone)
+    settings = RunSettings(toy_root, backbone_checkpoint=toy_backbone)
+    by_name = plan_run(settings, "colors", "finetune", {"preset": "readme-flags"})
+    by_value = plan_run(settings, "colors", "finetune", {"weight_decay": 5e-4})
+    default = plan_run(settings, "colors", "finetune", {})
     assert by_name.config.run_id == by_value.config.run_id != default.config.run_id
     listed = CliRunner().invoke(main, ["methods", "--preset"])
     assert listed.exit_code == 0 and "nettailor-paper (nettailor): " in listed.output

@@ -16,73 +16,19 @@ import functools
 import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vdd_bench.config import BackboneSpec
 from vdd_bench.errors import VddError
 from vdd_bench.safeload import load_tensors
 
-BACKBONE_NAMES: tuple[str, ...] = ("resnet26", "resnet18", "resnet34", "resnet50")
 CHECKPOINT_FORMAT = "vdd-backbone/1"
 
 _TORCHVISION_LAYERS = {"resnet18": [2, 2, 2, 2], "resnet34": [3, 4, 6, 3], "resnet50": [3, 4, 6, 3]}
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """Architecture of a backbone: family name, channel multiplier, and ResNet-26's two ReLU options.
-
-    ``stem_relu``: Rebuffi et al.'s ResNet-26 has no ReLU after the stem BN; NetTailor's code adds one.
-    ``head_relu``: Rebuffi et al.'s head is BN + ReLU before the pooling; NetTailor's has no ReLU there
-    (``False``). NetTailor's decathlon network is ``stem_relu=True, head_relu=False``.
-    """
-
-    name: str
-    width: float = 1.0
-    stem_relu: bool = False
-    head_relu: bool = True
-
-    def __post_init__(self) -> None:
-        if self.name not in BACKBONE_NAMES:
-            raise VddError(f"unknown backbone {self.name!r}; known: {', '.join(BACKBONE_NAMES)}")
-        if not (isinstance(self.width, int | float) and math.isfinite(self.width) and self.width > 0):
-            raise VddError(f"backbone width must be a positive number, got {self.width!r}")
-        if self.stem_relu and self.name != "resnet26":
-            raise VddError(f"stem_relu is a ResNet-26 option; {self.name} always has a ReLU after its stem")
-        if not self.head_relu and self.name != "resnet26":
-            raise VddError(f"head_relu is a ResNet-26 option; {self.name} has no BN + ReLU head")
-
-    def to_dict(self) -> dict:
-        """As a dict; `head_relu` only when it is not the default, so that the ids of runs (which hash this
-        dict) made before the option existed stay the same."""
-        d = asdict(self)
-        if self.head_relu:
-            del d["head_relu"]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> BackboneSpec:
-        unknown = set(d) - {"name", "width", "stem_relu", "head_relu"}
-        if unknown or "name" not in d:
-            raise VddError(f"not a backbone spec: {d!r}")
-        try:
-            width = float(d.get("width", 1.0))
-        except (TypeError, ValueError) as e:
-            raise VddError(f"not a backbone spec (bad width): {d!r}") from e
-        return cls(
-            name=d["name"],
-            width=width,
-            stem_relu=bool(d.get("stem_relu", False)),
-            head_relu=bool(d.get("head_relu", True)),
-        )
-
-    def __str__(self) -> str:
-        relu = (", stem_relu" if self.stem_relu else "") + ("" if self.head_relu else ", no head_relu")
-        return f"{self.name}(width={self.width:g}{relu})"
 
 
 class Backbone(nn.Module):

@@ -164,3 +164,15 @@ class BlockShuffleReader:
                     if self.labels is not None:
                         labels = torch.from_numpy(self.labels[index[chosen.numpy()]])
                     yield take(buffer, chosen), labels
+
+
+def load_split_images(
+    bench: Benchmark, index: SplitIndex, size: int, cache: Path | None = None, geometry: str = "square"
+) -> np.ndarray:
+    """uint8 [N, 3, size, size] for one split: from the HDF5 cache when it holds it (in this geometry),
+    else from the JPEGs."""
+    if cache is not None and cache.is_file():
+        cached = read_split(cache, bench, index, size, geometry)
+        if cached is not None:
+            return cached
+    return decode_files(image_paths(bench.root, index.files), size, geometry)

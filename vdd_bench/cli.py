@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from vdd_bench.cli_settings import GivenSettings, settings_options
 from vdd_bench.errors import VddError
 
 RESULTS = click.option(
@@ -26,13 +27,6 @@ RESULTS = click.option(
 DEVICE = click.option("--device", default=None, help="cpu, cuda or cuda:N (default: a GPU when present).")
 PROGRESS = click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars.")
 SETS = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a hyper-parameter.")
-EPOCH_SCALE = click.option(
-    "--epoch-scale",
-    type=float,
-    default=1.0,
-    show_default=True,
-    help="Multiply every *epochs hyper-parameter.",
-)
 
 
 def parse_sets(sets: tuple[str, ...]) -> dict[str, str]:
@@ -114,62 +108,18 @@ def _report_failures(summary) -> None:
 @main.command()
 @click.option("--method", required=True)
 @click.option("--task", required=True)
-@click.option(
-    "--benchmark", "root", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
-)
-@click.option("--backbone-checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--backbone", default=None, help="Architecture for runs without pre-training (e.g. resnet26).")
-@click.option("--width", type=float, default=1.0, show_default=True)
-@click.option("--test-labels", type=click.Path(exists=True, path_type=Path))
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--resolution", type=int, default=None, help="Stored image size (default 72; toy 36).")
-@click.option("--recipe", type=click.Choice(["residual_adapters", "nettailor"]), default="residual_adapters")
-@click.option("--protocol", type=click.Choice(["train", "trainval"]), default="train")
+@settings_options
 @SETS
-@EPOCH_SCALE
 @RESULTS
 @DEVICE
 @PROGRESS
-def run(
-    method,
-    task,
-    root,
-    backbone_checkpoint,
-    backbone,
-    width,
-    test_labels,
-    seed,
-    resolution,
-    recipe,
-    protocol,
-    sets,
-    epoch_scale,
-    results,
-    device,
-    progress,
-) -> None:
+def run(method, task, seed, given: GivenSettings, sets, results, device, progress) -> None:
     """Run one method on one task (skipped when already done) and print its record."""
-    from vdd_bench.backbones import BackboneSpec
-    from vdd_bench.benchmark import Benchmark
     from vdd_bench.runner import execute, plan_run
     from vdd_bench.store import RunStore
 
-    bench = Benchmark.open(root, test_labels)
-    spec = BackboneSpec(backbone, width=width) if backbone else None
-    request = plan_run(
-        bench,
-        task,
-        method,
-        parse_sets(sets),
-        seed,
-        backbone_checkpoint,
-        spec,
-        resolution,
-        recipe,
-        protocol,
-        test_labels,
-        epoch_scale,
-    )
+    request = plan_run(given.settings(), task, method, parse_sets(sets), seed)
     store = RunStore(results)
     store.mark_entries([request.config.run_id])
     try:
@@ -185,8 +135,9 @@ def run(
     )
 
 
-def _sweep_requests(sweep_file, root, methods, tasks, seeds, backbone_checkpoint, sets, epoch_scale):
-    """The runs of a sweep file and/or options (options override the file)."""
+def _sweep_requests(sweep_file: Path | None, given: dict[str, Any], sets: tuple[str, ...] = ()) -> list:
+    """The runs of a sweep file and/or options (`given`: sweep-file keys from the command line, which
+    override the file's)."""
     from vdd_bench.sweep import SweepSpec
 
     data: dict[str, Any] = {}
@@ -196,17 +147,9 @@ def _sweep_requests(sweep_file, root, methods, tasks, seeds, backbone_checkpoint
         data = read_yaml(sweep_file, "sweep file") or {}
         if not isinstance(data, dict):
             raise VddError(f"{sweep_file}: a sweep file must be a mapping of keys to values")
-    options = {
-        "benchmark": str(root) if root else None,
-        "methods": methods.split(",") if methods else None,
-        "tasks": tasks.split(",") if tasks else None,
-        "seeds": _seeds(seeds) if seeds else None,
-        "backbone_checkpoint": str(backbone_checkpoint) if backbone_checkpoint else None,
-        "epoch_scale": epoch_scale if epoch_scale != 1.0 else None,
-    }
-    data.update({k: v for k, v in options.items() if v is not None})
-    if methods and isinstance(data.get("hparams"), dict):  # --methods narrows the file: its other sections go
-        kept = {"all", *options["methods"]}
+    data.update(given)
+    if "methods" in given and isinstance(data.get("hparams"), dict):  # --methods narrows the file
+        kept = {"all", *given["methods"]}
         data["hparams"] = {k: v for k, v in data["hparams"].items() if k in kept}
     if sets:  # over the file's "all" section and over a method's own value of the same key
         hparams = data.setdefault("hparams", {})
@@ -216,17 +159,16 @@ def _sweep_requests(sweep_file, root, methods, tasks, seeds, backbone_checkpoint
                 if isinstance(section, dict) and key in section:
                     section[key] = value
     spec = SweepSpec.from_mapping(data, str(sweep_file or "command line"))
-    base = sweep_file.parent if sweep_file and not root else Path.cwd()
+    base = sweep_file.parent if sweep_file and "benchmark" not in given else Path.cwd()
     return spec.expand(base)
 
 
 @main.command()
 @click.option("--file", "sweep_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--benchmark", "root", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--methods", default=None, help="Comma-separated (default all).")
 @click.option("--tasks", default=None, help="Comma-separated (default all).")
 @click.option("--seeds", default=None, help="Comma-separated integers (default 0).")
-@click.option("--backbone-checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@settings_options
 @click.option("--launcher", type=click.Choice(["local", "slurm"]), default="local", show_default=True)
 @click.option(
     "--profile",
@@ -236,26 +178,11 @@ def _sweep_requests(sweep_file, root, methods, tasks, seeds, backbone_checkpoint
 @click.option("--wait", is_flag=True, help="SLURM: return once the submitted jobs have left the queue.")
 @click.option("--dry-run", is_flag=True, help="List the runs and whether they are done; run nothing.")
 @SETS
-@EPOCH_SCALE
 @RESULTS
 @DEVICE
 @PROGRESS
 def sweep(
-    sweep_file,
-    root,
-    methods,
-    tasks,
-    seeds,
-    backbone_checkpoint,
-    launcher,
-    profile,
-    wait,
-    dry_run,
-    sets,
-    epoch_scale,
-    results,
-    device,
-    progress,
+    sweep_file, methods, tasks, seeds, given: GivenSettings, launcher, profile, wait, dry_run, sets, **run
 ) -> None:
     """Methods x tasks x seeds on one benchmark, from a sweep file and/or options; done runs are skipped.
 
@@ -266,9 +193,11 @@ def sweep(
 
     if launcher == "slurm" and profile is None:
         raise VddError("--launcher slurm needs --profile FILE (see slurm/profiles/)")
-    requests = _sweep_requests(
-        sweep_file, root, methods, tasks, seeds, backbone_checkpoint, sets, epoch_scale
-    )
+    selection = {"methods": methods and methods.split(","), "tasks": tasks and tasks.split(",")}
+    selection["seeds"] = _seeds(seeds) if seeds else None
+    keys = {**given.sweep_keys(), **{k: v for k, v in selection.items() if v is not None}}
+    requests = _sweep_requests(sweep_file, keys, sets)
+    results, device, progress = run["results"], run["device"], run["progress"]
     if dry_run:
         store = RunStore(results)
         for request in requests:
@@ -323,13 +252,11 @@ def _sweep_on_slurm(requests, profile: Path, results: Path, device: str | None, 
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Only the runs of this sweep file (repeatable); default every run folder of --results.",
 )
-@click.option("--benchmark", "root", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--backbone-checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--epoch-scale", type=float, default=1.0, help="As given to `vdd sweep`.")
+@settings_options
 @SETS
 @RESULTS
 @click.option("--json", "as_json", is_flag=True)
-def status(sweep_files, root, backbone_checkpoint, epoch_scale, sets, results, as_json) -> None:
+def status(sweep_files, given: GivenSettings, sets, results, as_json) -> None:
     """Every run: done / running / pending / failed / todo, from the run store and squeue/sacct; failed
     runs with their log file and last error line."""
     from dataclasses import asdict
@@ -341,9 +268,7 @@ def status(sweep_files, root, backbone_checkpoint, epoch_scale, sets, results, a
     if sweep_files:
         configs = {}
         for sweep_file in sweep_files:
-            requests = _sweep_requests(
-                sweep_file, root, None, None, None, backbone_checkpoint, sets, epoch_scale
-            )
+            requests = _sweep_requests(sweep_file, given.sweep_keys(), sets)
             configs.update({r.config.run_id: r.config for r in closure(requests)})
     statuses = run_statuses(results, None if configs is None else list(configs), configs)
     if as_json:
@@ -391,8 +316,9 @@ def leaderboard(
 
     Cells are the mean over seeds (± the sample standard deviation when there are several); a run a row
     should have and does not reads `missing`, listed with the run id or command that would produce it."""
-    from vdd_bench.leaderboard import build_groups, render
+    from vdd_bench.leaderboard import build_groups
     from vdd_bench.store import RunStore
+    from vdd_bench.tables import render_groups
 
     # --- continual view (vdd_bench/continual.py) ---
     if continual:
@@ -411,7 +337,7 @@ def leaderboard(
         expected = [e for e in expected if e.config["benchmark"] == fingerprint]
     if not records and not expected:
         raise VddError(f"no finished runs under {results}: run `vdd demo` or `vdd sweep` first")
-    click.echo(render(build_groups(records, split, expected, store.entry_ids()), fmt, split))
+    click.echo(render_groups(build_groups(records, split, expected, store.entry_ids()), fmt, split))
     if fmt == "markdown":
         from vdd_bench.architectures import render_architectures
 
@@ -431,7 +357,9 @@ def _expected_runs(sweep_files: tuple[Path, ...], root: Path | None, checkpoint:
         command = f"vdd sweep --file {sweep_file}"
         command += f" --benchmark {root}" if root else ""
         command += f" --backbone-checkpoint {checkpoint}" if checkpoint else ""
-        for request in _sweep_requests(sweep_file, root, None, None, None, checkpoint, (), 1.0):
+        given = {"benchmark": str(root)} if root else {}
+        given.update({"backbone_checkpoint": str(checkpoint)} if checkpoint else {})
+        for request in _sweep_requests(sweep_file, given):
             if request.root not in benches:
                 bench = Benchmark.open(request.root)
                 benches[request.root] = {
@@ -448,55 +376,19 @@ def _expected_runs(sweep_files: tuple[Path, ...], root: Path | None, checkpoint:
 # --- continual protocol (vdd_bench/continual.py) ---
 @main.command()
 @click.option("--method", required=True, help="A sequential method: packnet, lwf, avalanche:<Strategy>.")
-@click.option(
-    "--benchmark", "root", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
-)
 @click.option("--order", default=None, help="Comma-separated task order (default: the benchmark's order).")
-@click.option("--backbone-checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--test-labels", type=click.Path(exists=True, path_type=Path))
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--resolution", type=int, default=None, help="Stored image size (default 72; toy 36).")
-@click.option("--recipe", type=click.Choice(["residual_adapters", "nettailor"]), default="residual_adapters")
-@click.option("--protocol", type=click.Choice(["train", "trainval"]), default="train")
+@settings_options
 @SETS
-@EPOCH_SCALE
 @RESULTS
 @DEVICE
 @PROGRESS
-def chain(
-    method,
-    root,
-    order,
-    backbone_checkpoint,
-    test_labels,
-    seed,
-    resolution,
-    recipe,
-    protocol,
-    sets,
-    epoch_scale,
-    results,
-    device,
-    progress,
-) -> None:
+def chain(method, order, seed, given: GivenSettings, sets, results, device, progress) -> None:
     """Learn the tasks one after another with one network; relaunching continues a killed chain."""
-    from vdd_bench.benchmark import Benchmark
     from vdd_bench.continual import plan_chain, run_chain
 
-    bench = Benchmark.open(root, test_labels)
-    requests = plan_chain(
-        bench,
-        method,
-        order.split(",") if order else None,
-        parse_sets(sets),
-        seed,
-        backbone_checkpoint,
-        resolution,
-        recipe,
-        protocol,
-        test_labels,
-        epoch_scale,
-    )
+    order_list = order.split(",") if order else None
+    requests = plan_chain(given.settings(), method, order_list, parse_sets(sets), seed)
     result = run_chain(requests, results, _device(device), progress)
     click.echo(json.dumps(result.to_json(), indent=2))
 
@@ -506,21 +398,9 @@ def chain(
 
 @main.command()
 @click.option(
-    "--benchmark", "root", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
-)
-@click.option(
     "--task", default=None, help="Source task (default: imagenet12, the toy's source, or the largest)."
 )
-@click.option("--backbone", default="resnet26", show_default=True)
-@click.option("--width", type=float, default=1.0, show_default=True)
-@click.option("--stem-relu", is_flag=True, help="ResNet-26: ReLU after the stem (NetTailor's variant).")
-@click.option(
-    "--head-relu/--no-head-relu",
-    default=True,
-    show_default=True,
-    help="ResNet-26: ReLU after the final BN (Rebuffi's); NetTailor's variant has none.",
-)
-@click.option("--resolution", type=int, default=None)
+@settings_options
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option(
     "--processes",
@@ -543,75 +423,43 @@ def chain(
 )
 @click.option("--wait/--no-wait", default=False, help="With --launcher slurm: wait for the job's result.")
 @SETS
-@EPOCH_SCALE
 @RESULTS
 @DEVICE
 @PROGRESS
-def pretrain(
-    root,
-    task,
-    backbone,
-    width,
-    stem_relu,
-    head_relu,
-    resolution,
-    out,
-    processes,
-    sync_bn,
-    launcher,
-    profile,
-    wait,
-    sets,
-    epoch_scale,
-    results,
-    device,
-    progress,
-) -> None:
+def pretrain(task, given: GivenSettings, out, processes, sync_bn, sets, **launch) -> None:
     """Train a backbone on the source task and save the checkpoint that later runs start from.
 
     With --processes N it trains data-parallel (DDP): every process takes 1/N of each global batch.
     With --launcher slurm it is one SLURM job of N tasks (one GPU each when the profile has GPUs)."""
-    from vdd_bench.backbones import BackboneSpec
-    from vdd_bench.benchmark import Benchmark
+    from vdd_bench.pretrain import PretrainPlan
     from vdd_bench.pretrain import pretrain as run_pretrain
 
-    spec = BackboneSpec(backbone, width=width, stem_relu=stem_relu, head_relu=head_relu)
-    bench = Benchmark.open(root)
-    if launcher == "slurm":
-        options = {"resolution": resolution, "epoch_scale": epoch_scale, "out": out, "sync_bn": sync_bn}
-        _pretrain_on_slurm(
-            bench, results, spec, task, parse_sets(sets), processes, profile, wait, device=device, **options
-        )
+    if given.values["backbone_checkpoint"] is not None:
+        raise VddError("vdd pretrain writes a backbone checkpoint: give --backbone (and --width), not one")
+    settings = given.settings(backbone_default="resnet26")
+    if launch["launcher"] == "slurm":
+        _pretrain_on_slurm(settings, task, parse_sets(sets), processes, sync_bn, out, launch)
         return
-    path = run_pretrain(
-        bench,
-        results,
-        spec,
-        task,
-        resolution,
-        parse_sets(sets),
-        epoch_scale,
-        out=out,
-        device=_device(device),
-        progress=progress,
-        processes=processes or 1,
-        sync_bn=sync_bn,
-    )
+    plan = PretrainPlan(settings, task, parse_sets(sets), processes=processes or 1, sync_bn=sync_bn)
+    path = run_pretrain(plan, launch["results"], out, _device(launch["device"]), launch["progress"])
     click.echo(str(path))
 
 
-def _pretrain_on_slurm(bench, results, spec, task, overrides, processes, profile, wait, **options) -> None:
-    from vdd_bench.distributed import submit_pretrain, wait_for_job
+def _pretrain_on_slurm(settings, task, overrides, processes, sync_bn, out, launch: dict[str, Any]) -> None:
+    from vdd_bench.pretrain import PretrainPlan
+    from vdd_bench.slurm.pretrain import submit_pretrain, wait_for_job
     from vdd_bench.slurm.profile import SlurmProfile
 
-    if profile is None:
+    if launch["profile"] is None:
         raise VddError("--launcher slurm needs --profile FILE (see slurm/profiles/)")
-    job, out = submit_pretrain(
-        bench, results, spec, task, overrides, processes, SlurmProfile.from_file(profile), **options
+    profile = SlurmProfile.from_file(launch["profile"])
+    plan = PretrainPlan(
+        settings, task, overrides, processes=processes or max(profile.gpus, 1), sync_bn=sync_bn
     )
+    job, out = submit_pretrain(plan, launch["results"], profile, out, launch["device"])
     if job is not None:
         click.echo(f"submitted job {job.job_id} ({job.paths.folder}): writes {out}", err=True)
-        if wait:
+        if launch["wait"]:
             wait_for_job(job)
     click.echo(str(out))
 

@@ -25,18 +25,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from tasks.generic import source_task
 from vdd_bench import chains
 from vdd_bench.augment import AugmentSpec, make_spec
 from vdd_bench.backbones import Backbone, BackboneSpec, build_backbone, load_weights
 from vdd_bench.benchmark import Benchmark
 from vdd_bench.chains import CHAIN_PREDICTIONS_FILE, CONTINUAL_FILE, PREVIOUS
+from vdd_bench.config import RunConfig, RunRequest, RunSettings, TaskPlanner
 from vdd_bench.device import Device, pick_device
 from vdd_bench.engine import predict
 from vdd_bench.errors import VddError
 from vdd_bench.method import METHODS, Method, TaskContext, get_method, pretrained_backbone
 from vdd_bench.normalization import task_mean_std
-from vdd_bench.runner import RunRequest, execute, load_run_model, plan_run, task_images
+from vdd_bench.runner import execute, load_run_model, task_images, task_planner
 from vdd_bench.store import RunStore, atomic_write_bytes, atomic_write_json
 
 CONTINUAL_FORMAT = "vdd-continual/1"
@@ -73,16 +73,27 @@ class SequentialMethod(Method):
         load_weights(model, state, folder / "model.pt")
         return model, structure
 
-    def execute(
-        self,
-        request: RunRequest,
-        results: Path,
-        device: Device,
-        progress: bool,
-        on_epoch_end: Callable[[int, int], None] | None,
-    ) -> dict[str, Any]:
-        """Run one step; methods with their own training loop (the Avalanche bridge) replace this."""
-        return execute(request, results, device, progress, on_epoch_end)
+    def plan_runs(self, tasks: list[str], plan: TaskPlanner) -> list[RunRequest]:
+        """One chain over `tasks` in their order, each step reading the one before. A method with the key
+        `last_in_chain` gets True on the last step: planning the chain as a whole tells a step whether it is
+        the last one (a longer chain over the same first tasks is another chain)."""
+        if len(set(tasks)) != len(tasks):
+            raise VddError(f"a task order names every task once, got {','.join(tasks)}")
+        step: dict[str, Any] = {}
+        if "source_first" in self.defaults and "source_first" not in plan.overrides:
+            step["source_first"] = tasks[0] == plan.source_task
+        requests: list[RunRequest] = []
+        for task in tasks:
+            if "last_in_chain" in self.defaults:  # e.g. PackNet leaves the chain's last task unpruned
+                step["last_in_chain"] = task == tasks[-1]
+            requests.append(plan(task, step, {PREVIOUS: requests[-1]} if requests else None))
+        return requests
+
+    def after_run(self, request: RunRequest, results: Path, device: Device | None) -> None:
+        evaluate_step(request, results, device)
+
+    def complete(self, run_dir: Path) -> bool:
+        return (run_dir / CONTINUAL_FILE).exists()
 
 
 class PerTask(nn.Module):
@@ -121,53 +132,15 @@ def sequential_method(name: str) -> SequentialMethod:
 
 
 def plan_chain(
-    bench: Benchmark,
+    settings: RunSettings,
     method: str,
     order: list[str] | None = None,
     overrides: dict[str, Any] | None = None,
     seed: int = 0,
-    backbone_checkpoint: Path | None = None,
-    resolution: int | None = None,
-    recipe: str = "residual_adapters",
-    protocol: str = "train",
-    test_labels: Path | None = None,
-    epoch_scale: float = 1.0,
 ) -> list[RunRequest]:
-    """One run per task of `order` (default: the benchmark's task order), each reading the one before.
-    A method with the key `last_in_chain` gets True on the last step: planning the chain as a whole tells a
-    step whether it is the last one (a longer chain over the same first tasks is another chain)."""
-    order = list(order or bench.task_names())
-    if len(set(order)) != len(order):
-        raise VddError(f"a task order names every task once, got {','.join(order)}")
-    cls = METHODS.get(method)
-    sequential_method(method)
-    overrides = dict(overrides or {})
-    if "source_first" in cls.defaults and "source_first" not in overrides:
-        overrides["source_first"] = order[0] == source_task(bench)
-    requests: list[RunRequest] = []
-    for task in order:
-        inputs = {PREVIOUS: requests[-1]} if requests else None
-        step = dict(overrides)
-        if "last_in_chain" in cls.defaults:  # e.g. PackNet leaves the chain's last task unpruned
-            step["last_in_chain"] = task == order[-1]
-        requests.append(
-            plan_run(
-                bench,
-                task,
-                method,
-                step,
-                seed,
-                backbone_checkpoint,
-                None,
-                resolution,
-                recipe,
-                protocol,
-                test_labels,
-                epoch_scale,
-                inputs=inputs,
-            )
-        )
-    return requests
+    """One run per task of `order` (default: the benchmark's task order), each reading the one before."""
+    order = list(order or settings.benchmark.task_names())
+    return sequential_method(method).plan_runs(order, task_planner(settings, method, overrides or {}, seed))
 
 
 @dataclass
@@ -194,8 +167,7 @@ def step_model(results: Path, run_id: str) -> tuple[SequentialMethod, nn.Module,
     config = record["config"]
     method = sequential_method(config["method"])
     state, structure = load_run_model(store.run_dir(run_id))
-    spec = BackboneSpec.from_dict({k: v for k, v in config["backbone"].items() if k != "checkpoint"})
-    model = method.skeleton(spec, structure)
+    model = method.skeleton(RunConfig.from_dict(config).backbone_spec, structure)
     load_weights(model, state, store.run_dir(run_id) / "model.pt")
     return method, model.eval(), structure
 
@@ -254,8 +226,8 @@ def run_chain(
             def hook(phase: int, epoch: int, step: int = step) -> None:
                 on_epoch_end(step, phase, epoch)
 
-        method.execute(request, Path(results), device, progress, hook)
-        evaluate_step(request, results, device)
+        execute(request, Path(results), device, progress, hook)
+        method.after_run(request, results, device)
     return chain_result(results, requests[-1].config.run_id)
 
 

@@ -14,13 +14,15 @@ from tasks.toy import TOY_RESOLUTION, TOY_SOURCE, generate_toy
 from vdd_bench.backbones import BackboneSpec
 from vdd_bench.benchmark import Benchmark
 from vdd_bench.cache import default_cache_path, pack
+from vdd_bench.config import RunSettings
 from vdd_bench.device import Device
 from vdd_bench.launchers import LaunchSummary, LocalLauncher
-from vdd_bench.leaderboard import build_groups, render
+from vdd_bench.leaderboard import build_groups
 from vdd_bench.method import SGD_RECIPE
-from vdd_bench.pretrain import pretrain
+from vdd_bench.pretrain import PretrainPlan, pretrain
 from vdd_bench.store import RunStore
 from vdd_bench.sweep import SweepSpec
+from vdd_bench.tables import render_groups
 
 # A ResNet-26 at width 0.125 and schedules shrunk so that the whole demo takes a few minutes on 2 CPU cores:
 # the methods' published recipes scaled by TOY_EPOCH_SCALE (120 -> 2 epochs for the SGD recipe; at least 1
@@ -57,9 +59,8 @@ def run_demo(
     cache = default_cache_path(results, bench, TOY_RESOLUTION)
     if not cache.exists():  # every run then reads uint8 arrays instead of decoding its JPEGs again
         pack(bench, cache, TOY_RESOLUTION, progress=False)
-    checkpoint = pretrain(
-        bench, results, TOY_BACKBONE, TOY_SOURCE, overrides=TOY_PRETRAIN, device=device, progress=progress
-    )
+    plan = PretrainPlan(RunSettings.of(bench, backbone=TOY_BACKBONE), TOY_SOURCE, TOY_PRETRAIN)
+    checkpoint = pretrain(plan, results, device=device, progress=progress)
     sweep = SweepSpec(  # the target tasks: the source task is the one the backbone was pre-trained on
         benchmark=str(root),
         methods=methods,
@@ -72,4 +73,4 @@ def run_demo(
     summary = LocalLauncher(results, device, progress).launch(requests)
     ids = {request.config.run_id for request in requests}
     records = [r for r in RunStore(results).done_records() if r["run_id"] in ids]
-    return render(build_groups(records)), summary
+    return render_groups(build_groups(records)), summary

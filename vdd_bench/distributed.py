@@ -15,8 +15,7 @@ Only rank 0 writes checkpoints, the run's record and the backbone file; all rank
 checkpoint to resume (the results folder must be shared, as it is for any SLURM run).
 
 Two ways in: `spawn` starts the processes on this machine (torch.multiprocessing, file rendezvous), and
-`SubmititPretrain` is a callable for any submitit executor with `tasks_per_node` = processes (SLURM:
-`submitit.helpers.TorchDistributedEnvironment` sets MASTER_ADDR, RANK, WORLD_SIZE, ...).
+`slurm.pretrain.SubmititPretrain` runs each rank as a task of one SLURM job.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,11 +205,11 @@ class Distributed:
         return tensor
 
 
-def _backend(device_type: str) -> str:
+def backend(device_type: str) -> str:
     return "nccl" if device_type == "cuda" else "gloo"
 
 
-def _limit_threads(world_size: int) -> None:
+def limit_threads(world_size: int) -> None:
     if "OMP_NUM_THREADS" not in os.environ:  # share the cores instead of every process taking all of them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
 
@@ -219,11 +217,11 @@ def _limit_threads(world_size: int) -> None:
 def _rank_main(
     rank: int, world_size: int, init: str, device_type: str, sync_bn: bool, fn: Callable, args: tuple
 ) -> None:
-    _limit_threads(world_size)
+    limit_threads(world_size)
     device = pick_device(f"cuda:{rank}" if device_type == "cuda" else "cpu")
     if device.is_cuda:
         torch.cuda.set_device(device.torch_device)
-    dist.init_process_group(_backend(device_type), init_method=init, rank=rank, world_size=world_size)
+    dist.init_process_group(backend(device_type), init_method=init, rank=rank, world_size=world_size)
     try:
         fn(Distributed(rank, world_size, sync_bn), device, *args)
     finally:
@@ -256,116 +254,3 @@ def spawn(world_size: int, device: Device | None, sync_bn: bool, fn: Callable, a
             raise VddError(f"a data-parallel process failed: {last}") from exc
         except torch.multiprocessing.ProcessExitedException as exc:
             raise VddError(f"a data-parallel process died: {exc}") from exc
-
-
-@dataclass
-class SubmititPretrain:
-    """`vdd pretrain` as one submitit job whose tasks are the ranks: submit it with any submitit executor
-    whose `tasks_per_node` is the process count (and, on SLURM, `gpus_per_node` the same). Requeue-safe:
-    a preempted or timed-out job is resubmitted and resumes from the last epoch-end checkpoint."""
-
-    root: Path
-    results: Path
-    spec: dict[str, Any]  # BackboneSpec.to_dict()
-    task: str | None = None
-    resolution: int | None = None
-    overrides: dict[str, Any] | None = None
-    epoch_scale: float = 1.0
-    seed: int = 0
-    out: Path | None = None
-    sync_bn: bool = True
-    device: str | None = None  # "cpu" forces gloo on CPU; default: this task's GPU when there is one
-
-    def __call__(self) -> str:
-        import submitit
-
-        env = submitit.helpers.TorchDistributedEnvironment().export(
-            set_cuda_visible_devices=False, overwrite=True
-        )
-        if self.device:
-            device_type = torch.device(self.device).type
-        else:
-            device_type = "cuda" if torch.cuda.is_available() else "cpu"
-        if device_type == "cuda":
-            device = pick_device(f"cuda:{env.local_rank % torch.cuda.device_count()}")
-            torch.cuda.set_device(device.torch_device)
-        else:
-            _limit_threads(env.local_world_size)
-            device = pick_device("cpu")
-        dist.init_process_group(_backend(device_type), init_method="env://")
-        try:
-            from vdd_bench.backbones import BackboneSpec
-            from vdd_bench.pretrain import pretrain_rank
-
-            path = pretrain_rank(
-                Distributed(env.rank, env.world_size, self.sync_bn),
-                device,
-                Path(self.root),
-                Path(self.results),
-                BackboneSpec.from_dict(self.spec),
-                self.task,
-                self.resolution,
-                self.overrides,
-                self.epoch_scale,
-                self.seed,
-                self.out,
-            )
-        finally:
-            dist.destroy_process_group()
-        return str(path)
-
-    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
-        import submitit
-
-        return submitit.helpers.DelayedSubmission(self)
-
-
-def submit_pretrain(
-    bench: Any,
-    results: Path,
-    spec: Any,
-    task: str | None,
-    overrides: dict[str, Any] | None,
-    processes: int | None,
-    profile: Any,
-    resolution: int | None = None,
-    epoch_scale: float = 1.0,
-    out: Path | None = None,
-    sync_bn: bool = True,
-    device: str | None = None,
-) -> tuple[Any, Path]:
-    """`vdd pretrain` as one SLURM job of `processes` tasks on one node (default: one per GPU of the
-    profile), one GPU each when the profile has GPUs, with the profile's partition, account, time limit,
-    CPUs per task and requeue settings. Returns the submitit job (None when the checkpoint exists already)
-    and the checkpoint path."""
-    from tasks.generic import source_task
-    from vdd_bench.pretrain import default_checkpoint_path, plan_pretrain
-    from vdd_bench.slurm.launcher import default_executor
-
-    processes = processes or max(profile.gpus, 1)
-    task = task or source_task(bench)
-    request = plan_pretrain(bench, spec, task, resolution, overrides, epoch_scale, 0, processes, sync_bn)
-    results = Path(results).resolve()
-    digest = request.config.digest()
-    out = Path(out).resolve() if out else default_checkpoint_path(results, bench, task, spec, digest)
-    if out.exists():
-        return None, out
-    job = SubmititPretrain(
-        bench.root, results, spec.to_dict(), task, resolution, overrides, epoch_scale, 0, out, sync_bn, device
-    )
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    executor = default_executor(results / "slurm" / f"pretrain-{stamp}-{digest}", profile)
-    params: dict[str, Any] = {"ntasks_per_node": processes, "nodes": 1, "job_name": "vdd-pretrain"}
-    if profile.gpus:
-        params["gpus_per_node"] = processes
-    executor.update_parameters(**params)
-    return executor.submit(job), out
-
-
-def wait_for_job(job: Any) -> None:
-    """Until every task of a submitted job has returned; a failed task becomes a one-line VddError."""
-    try:
-        job.results()
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise VddError(f"pretraining job {job.job_id} failed: {first} (logs: {job.paths.folder})") from None

@@ -17,16 +17,11 @@ import stat
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from vdd_bench.errors import DataError
-
-if TYPE_CHECKING:
-    from vdd_bench.benchmark import Benchmark, SplitIndex
-
 
 GEOMETRIES = ("square", "squash")
 
@@ -108,17 +103,3 @@ def decode_files(paths: list[Path], size: int, geometry: str = "square") -> np.n
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         list(pool.map(work, range(len(paths))))
     return out
-
-
-def load_split_images(
-    bench: Benchmark, index: SplitIndex, size: int, cache: Path | None = None, geometry: str = "square"
-) -> np.ndarray:
-    """uint8 [N, 3, size, size] for one split: from the HDF5 cache when it holds it (in this geometry),
-    else from the JPEGs."""
-    if cache is not None and cache.is_file():
-        from vdd_bench.cache import read_split
-
-        cached = read_split(cache, bench, index, size, geometry)
-        if cached is not None:
-            return cached
-    return decode_files(image_paths(bench.root, index.files), size, geometry)

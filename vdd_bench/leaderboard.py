@@ -351,10 +351,3 @@ def _published(tasks: list[str]) -> list[Row]:
         row.macs = {t: gflops * 1e9 for t in tasks} if gflops is not None else {}
         rows.append(row)
     return rows
-
-
-def render(groups: list[Group], fmt: str = "markdown", split: str = "test") -> str:
-    """The tables of `groups` in `fmt` (see `vdd_bench.tables`)."""
-    from vdd_bench.tables import render_groups
-
-    return render_groups(groups, fmt, split)

@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -22,11 +22,9 @@ from torch import nn
 
 from vdd_bench.accounting import parameter_split
 from vdd_bench.backbones import Backbone, BackboneSpec, build_backbone
+from vdd_bench.config import Planner, RunRequest, TaskPlanner
 from vdd_bench.errors import VddError
 from vdd_bench.registry import Registry
-
-if TYPE_CHECKING:
-    from vdd_bench.runner import Planner, RunRequest
 
 METHODS: Registry[type[Method]] = Registry("method", "methods", "vdd_bench.methods")
 register_method = METHODS.register
@@ -188,7 +186,12 @@ class Method:
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     # Keys whose value is not one plain type: a function that checks and normalises the value.
     converters: ClassVar[dict[str, Callable[[Any], Any]]] = {}
+    # The hyper-parameters that are lengths of the training schedule in epochs: `--epoch-scale` scales
+    # these (and nothing else).
+    schedule_lengths: ClassVar[tuple[str, ...]] = ("epochs",)
     uses_pretrained: ClassVar[bool] = True
+    # True for a method whose one network learns the tasks one after another (`continual.SequentialMethod`).
+    sequential: ClassVar[bool] = False
     # False for the internal steps of another method (e.g. NetTailor's student and candidates): sweeps of
     # "all" methods skip them and the leaderboard hides their runs.
     listed: ClassVar[bool] = True
@@ -198,12 +201,42 @@ class Method:
         """This method's hyper-parameters with `overrides` (and the preset they name) applied."""
         return resolve_hparams(cls.defaults, overrides, name, cls.presets, cls.converters)
 
+    @classmethod
+    def scaled(cls, hparams: dict[str, Any], epoch_scale: float) -> dict[str, Any]:
+        """`hparams` with each schedule length multiplied by `epoch_scale` and rounded; a phase keeps at
+        least one epoch, and one of 0 epochs (no warm-up) stays 0."""
+        if epoch_scale == 1.0:
+            return hparams
+        return {
+            k: max(1, round(v * epoch_scale)) if k in cls.schedule_lengths and v > 0 else v
+            for k, v in hparams.items()
+        }
+
     def dependencies(self, hparams: dict[str, Any], plan: Planner) -> dict[str, RunRequest]:
         """Runs this one reads (e.g. a fine-tuned teacher), planned with `plan(method, overrides)` on the same
-        benchmark, task, backbone, seed and protocol (`runner.Planner`). They run first (locally, or as SLURM
+        benchmark, task, backbone, seed and protocol (`config.Planner`). They run first (locally, or as SLURM
         dependencies) and their folders reach `build` as `ctx.inputs[name]`; their ids are part of this
         run's config."""
         return {}
+
+    def plan_runs(self, tasks: list[str], plan: TaskPlanner) -> list[RunRequest]:
+        """The runs that learn `tasks` for one seed: by default one independent run per task; a sequential
+        method plans a chain (`continual.SequentialMethod`)."""
+        return [plan(task) for task in tasks]
+
+    def execute_run(
+        self, request: RunRequest, results: Path, device: Any, progress: bool, on_epoch_end: Any
+    ) -> dict[str, Any] | None:
+        """Train, evaluate and record a run in the method's own loop and return its record; None (the
+        default) lets the harness's engine train it. The Avalanche bridge trains in Avalanche's loop."""
+        return None
+
+    def after_run(self, request: RunRequest, results: Path, device: Any) -> None:
+        """Work on a finished run before it counts as complete (a chain step's accuracy-matrix row)."""
+
+    def complete(self, run_dir: Path) -> bool:
+        """Whether the done run in `run_dir` has what `after_run` adds (launchers redo `after_run` if not)."""
+        return True
 
     def build(self, ctx: TaskContext) -> nn.Module:
         raise NotImplementedError
@@ -279,15 +312,6 @@ def pretrained_backbone(ctx: TaskContext) -> Backbone:
     model.load_state_dict(ctx.pretrained)
     model.reset_classifier(ctx.num_classes)
     return model
-
-
-def _avalanche_strategy(name: str) -> None:
-    from vdd_bench.avalanche import register_strategy  # avalanche takes seconds to import: only when asked
-
-    register_strategy(name)
-
-
-METHODS.register_prefix("avalanche:", _avalanche_strategy)
 
 
 def get_method(name: str) -> Method:

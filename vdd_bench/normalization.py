@@ -9,9 +9,8 @@ import numpy as np
 
 from tasks.generic import native_resolution, task_facts
 from vdd_bench.benchmark import Benchmark
-from vdd_bench.cache import default_cache_path
+from vdd_bench.cache import default_cache_path, load_split_images
 from vdd_bench.errors import DataError
-from vdd_bench.images import load_split_images
 from vdd_bench.store import atomic_write_json
 
 Triple = tuple[float, float, float]

@@ -10,113 +10,94 @@ default) the run, its id and the checkpoint's name are those of the single-proce
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from tasks.generic import source_task
-from vdd_bench.backbones import BackboneSpec, build_backbone, save_checkpoint
-from vdd_bench.benchmark import Benchmark
+from vdd_bench.backbones import build_backbone, save_checkpoint
+from vdd_bench.config import RunRequest, RunSettings
 from vdd_bench.device import Device
 from vdd_bench.distributed import Distributed, check_batch, spawn
-from vdd_bench.runner import RunRequest, execute, finish_run, load_run_model, open_run, plan_run, train_run
+from vdd_bench.errors import VddError
+from vdd_bench.runner import execute, finish_run, load_run_model, open_run, plan_run, train_run
 from vdd_bench.store import RunStore
 
 
-def default_checkpoint_path(
-    results: Path, bench: Benchmark, task: str, spec: BackboneSpec, run_digest: str
-) -> Path:
-    name = f"{bench.fingerprint}-{task}-{spec.name}-w{spec.width:g}-{run_digest}.pt"
-    return Path(results) / "backbones" / name
+@dataclass(frozen=True)
+class PretrainPlan:
+    """What `vdd pretrain` trains: a `scratch` run of `settings.backbone` on `task` (default: the benchmark's
+    source task) with `overrides`, in `processes` data-parallel processes. Per-process BatchNorm statistics
+    (`sync_bn=False` over several processes) are another computation than the single-process run, so they
+    enter the run's config (and its id)."""
 
+    settings: RunSettings
+    task: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    processes: int = 1
+    sync_bn: bool = True
 
-def plan_pretrain(
-    bench: Benchmark,
-    spec: BackboneSpec,
-    task: str,
-    resolution: int | None = None,
-    overrides: dict[str, Any] | None = None,
-    epoch_scale: float = 1.0,
-    seed: int = 0,
-    processes: int = 1,
-    sync_bn: bool = True,
-) -> RunRequest:
-    """The source-task run; per-process BatchNorm statistics over several processes are another
-    computation than the single-process run, so they enter its config (and its id)."""
-    request = plan_run(
-        bench,
-        task,
-        "scratch",
-        overrides,
-        seed=seed,
-        spec=spec,
-        resolution=resolution,
-        epoch_scale=epoch_scale,
-        role="pretrain",
-    )
-    if processes > 1:
-        check_batch(request.config.hparams["batch_size"], processes)
-        if not sync_bn:
-            extra = {**request.config.extra, "batchnorm": f"per-process/{processes}"}
-            request = replace(request, config=replace(request.config, extra=extra))
-    return request
+    def __post_init__(self) -> None:
+        if self.settings.backbone is None:
+            raise VddError("pretraining needs a backbone architecture: pass --backbone (and --width)")
+        if self.processes < 1:
+            raise VddError(f"bad process count {self.processes}: give at least 1")
+
+    @property
+    def source(self) -> str:
+        return self.task or source_task(self.settings.benchmark)
+
+    def request(self) -> RunRequest:
+        request = plan_run(self.settings, self.source, "scratch", self.overrides, self.seed, role="pretrain")
+        if self.processes > 1:
+            check_batch(request.config.hparams["batch_size"], self.processes)
+            if not self.sync_bn:
+                extra = {**request.config.extra, "batchnorm": f"per-process/{self.processes}"}
+                request = replace(request, config=replace(request.config, extra=extra))
+        return request
+
+    def checkpoint_path(self, results: Path, out: Path | None = None) -> Path:
+        """`out`, or the default name under `results/backbones/`, named by the benchmark, task, backbone
+        and the run's digest."""
+        if out is not None:
+            return Path(out)
+        spec, bench = self.settings.backbone, self.settings.benchmark
+        digest = self.request().config.digest()
+        name = f"{bench.fingerprint}-{self.source}-{spec.name}-w{spec.width:g}-{digest}.pt"
+        return Path(results) / "backbones" / name
 
 
 def pretrain(
-    bench: Benchmark,
+    plan: PretrainPlan,
     results: Path,
-    spec: BackboneSpec,
-    task: str | None = None,
-    resolution: int | None = None,
-    overrides: dict[str, Any] | None = None,
-    epoch_scale: float = 1.0,
-    seed: int = 0,
     out: Path | None = None,
     device: Device | None = None,
     progress: bool = True,
-    processes: int = 1,
-    sync_bn: bool = True,
 ) -> Path:
     """Train (or reuse) the source-task run and write its backbone checkpoint; returns the checkpoint path.
 
-    `processes` > 1 trains data-parallel in that many local processes (GPUs 0..N-1, or CPU with gloo)."""
-    task = task or source_task(bench)
-    request = plan_pretrain(bench, spec, task, resolution, overrides, epoch_scale, seed, processes, sync_bn)
-    out = Path(out) if out else default_checkpoint_path(results, bench, task, spec, request.config.digest())
+    With `plan.processes` > 1 it trains data-parallel in that many local processes (GPUs 0..N-1, or CPU
+    with gloo)."""
+    out = plan.checkpoint_path(results, out)
     if out.exists():
         return out
-    if processes > 1:
-        args = (bench.root, Path(results), spec, task, resolution, overrides, epoch_scale, seed, out)
-        spawn(processes, device, sync_bn, pretrain_rank, (*args, progress))
+    if plan.processes > 1:
+        spawn(plan.processes, device, plan.sync_bn, pretrain_rank, (plan, Path(results), out, progress))
         return out
-    return _train_and_save(request, Path(results), out, device, progress)
+    return _train_and_save(plan.request(), Path(results), out, device, progress)
 
 
 def pretrain_rank(
-    dist: Distributed,
-    device: Device,
-    root: Path,
-    results: Path,
-    spec: BackboneSpec,
-    task: str | None = None,
-    resolution: int | None = None,
-    overrides: dict[str, Any] | None = None,
-    epoch_scale: float = 1.0,
-    seed: int = 0,
-    out: Path | None = None,
-    progress: bool = False,
+    dist: Distributed, device: Device, plan: PretrainPlan, results: Path, out: Path, progress: bool = False
 ) -> Path:
-    """One rank of a data-parallel pretraining (the process group is initialised); rank 0 writes the files."""
-    bench = Benchmark.open(root)
-    task = task or source_task(bench)
-    request = plan_pretrain(
-        bench, spec, task, resolution, overrides, epoch_scale, seed, dist.world_size, dist.sync_bn
-    )
-    out = Path(out) if out else default_checkpoint_path(results, bench, task, spec, request.config.digest())
+    """One rank of a data-parallel pretraining (the process group is initialised); rank 0 writes the files.
+    `plan.processes` and `plan.sync_bn` are replaced by the process group's."""
+    plan = replace(plan, processes=dist.world_size, sync_bn=dist.sync_bn)
     dist.agree(out.exists(), f"existence of {out}")
     if out.exists():
         return out
-    return _train_and_save(request, Path(results), out, device, progress and dist.is_main, dist)
+    return _train_and_save(plan.request(), Path(results), out, device, progress and dist.is_main, dist)
 
 
 def _train_and_save(
@@ -135,7 +116,7 @@ def _train_and_save(
         if not dist.is_main:
             return out
     config = request.config
-    spec = BackboneSpec.from_dict({k: v for k, v in config.backbone.items() if k != "checkpoint"})
+    spec = config.backbone_spec
     state, _ = load_run_model(RunStore(results).run_dir(config.run_id))
     model = build_backbone(spec, record["num_classes"])
     model.load_state_dict(state)

@@ -6,29 +6,27 @@ import contextlib
 import copy
 import hashlib
 import io
-import math
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from tasks.generic import task_facts
+from tasks.generic import native_resolution, source_task, task_facts
 from vdd_bench.accounting import count_macs
 from vdd_bench.augment import AugmentSpec, geometry, make_spec
 from vdd_bench.backbones import BackboneSpec, load_checkpoint
 from vdd_bench.benchmark import Benchmark, SplitIndex
-from vdd_bench.cache import default_cache_path
-from vdd_bench.config import RunConfig
+from vdd_bench.cache import default_cache_path, load_split_images
+from vdd_bench.config import Planner, RunConfig, RunRequest, RunSettings, TaskPlanner
 from vdd_bench.device import Device, pick_device
 from vdd_bench.engine import LabelledImages, Trainer, predict, remove_checkpoints, save_state
 from vdd_bench.errors import VddError
 from vdd_bench.faults import fault_point
-from vdd_bench.images import load_split_images
 from vdd_bench.method import METHODS, Method, TaskContext, get_method
 from vdd_bench.normalization import task_mean_std
 from vdd_bench.safeload import load_tensors
@@ -65,43 +63,6 @@ def checkpoint_spec(path: Path) -> BackboneSpec:
     return _SPECS[key]
 
 
-def default_resolution(bench: Benchmark) -> int:
-    if bench.kind == "toy":
-        from tasks.toy import TOY_RESOLUTION
-
-        return TOY_RESOLUTION
-    return 72
-
-
-@dataclass(frozen=True)
-class RunRequest:
-    """A semantic config plus where its inputs live on this machine (paths never enter the run id)."""
-
-    config: RunConfig
-    root: Path
-    backbone_checkpoint: Path | None
-    test_labels: Path | None = None
-    inputs: dict[str, RunRequest] = field(default_factory=dict)  # runs to finish before this one
-
-
-@dataclass(frozen=True)
-class Planner:
-    """How a method's `dependencies` plans the runs it reads: `plan(method, overrides)` is a run on the same
-    benchmark, task, backbone, seed and protocol; `plan(method, overrides, protocol="train")` one fitted
-    under another protocol (e.g. a selection made on validation before a train+val refit). `protocol` and
-    `spec` are those of the run being planned."""
-
-    _plan: Callable[[str, dict[str, Any], str], RunRequest]
-    protocol: str
-    spec: BackboneSpec
-
-    def __call__(self, method: str, overrides: dict[str, Any], protocol: str | None = None) -> RunRequest:
-        return self._plan(method, overrides, protocol or self.protocol)
-
-
-MIN_RESOLUTION = 8  # smaller images leave nothing for the network's strided stages
-
-
 def load_run_model(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The final weights of a finished run and the structure its method's surgery left."""
     state = load_tensors(folder / "model.pt", "finished model")
@@ -109,76 +70,36 @@ def load_run_model(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
 
 
 def plan_run(
-    bench: Benchmark,
+    settings: RunSettings,
     task: str,
     method: str,
     overrides: dict[str, Any] | None = None,
     seed: int = 0,
-    backbone_checkpoint: Path | None = None,
-    spec: BackboneSpec | None = None,
-    resolution: int | None = None,
-    recipe: str = "residual_adapters",
-    protocol: str = "train",
-    test_labels: Path | None = None,
-    epoch_scale: float = 1.0,
     role: str | None = None,
     inputs: dict[str, RunRequest] | None = None,
 ) -> RunRequest:
-    """Resolve everything a run depends on into its config; refuse what cannot run before any work starts."""
+    """Resolve everything a run depends on into its config; refuse what cannot run before any work starts.
+
+    `inputs` are runs this one reads besides its method's own dependencies (a chain's previous step);
+    `role` is recorded in the config (e.g. the source task's run of a chain)."""
+    bench = settings.benchmark
     if task not in bench.tasks:
         raise VddError(
             f"unknown task {task!r} in {bench.root}: choose one of {', '.join(bench.task_names())}"
         )
     method_cls = METHODS.get(method)
-    hparams = method_cls.resolve(overrides or {}, method)
-    if not (math.isfinite(epoch_scale) and epoch_scale > 0):
-        raise VddError(
-            f"bad epoch scale {epoch_scale}: give a positive number (0.1 runs a tenth of the epochs)"
-        )
-    if epoch_scale != 1.0:  # a phase keeps at least one epoch; one of 0 epochs (no warm-up) stays 0
-        hparams = {
-            k: max(1, round(v * epoch_scale)) if k.endswith("epochs") and v > 0 else v
-            for k, v in hparams.items()
-        }
-    if resolution is not None and resolution < MIN_RESOLUTION:
-        raise VddError(
-            f"bad resolution {resolution}: the stored image size must be at least {MIN_RESOLUTION} px "
-            "(the decathlon's is 72, the toy's 36)"
-        )
-    if protocol not in ("train", "trainval"):
-        raise VddError(f"unknown protocol {protocol!r}: use train or trainval")
-    if backbone_checkpoint is not None:
-        ckpt_spec = checkpoint_spec(backbone_checkpoint)
-        if spec is not None and spec != ckpt_spec:
-            raise VddError(f"{backbone_checkpoint} holds a {ckpt_spec}, not the requested {spec}")
-        spec = ckpt_spec
-    elif method_cls.uses_pretrained:
-        raise VddError(
-            f"method {method} starts from a pre-trained backbone: pass --backbone-checkpoint (vdd pretrain)"
-        )
-    if spec is None:
-        raise VddError("no backbone: pass --backbone-checkpoint or --backbone")
+    hparams = method_cls.scaled(method_cls.resolve(overrides or {}, method), settings.epoch_scale)
+    spec = _backbone_of(settings, method, method_cls.uses_pretrained)
     backbone: dict[str, Any] = {**spec.to_dict(), "checkpoint": None}
     if method_cls.uses_pretrained:
-        backbone["checkpoint"] = file_fingerprint(backbone_checkpoint)
+        backbone["checkpoint"] = file_fingerprint(settings.backbone_checkpoint)
+    # The dependencies' overrides come from this run's hyper-parameters, already scaled.
+    same_backbone = settings.but(backbone=spec, epoch_scale=1.0)
 
     def plan_dependency(other: str, other_overrides: dict[str, Any], other_protocol: str) -> RunRequest:
-        return plan_run(
-            bench,
-            task,
-            other,
-            other_overrides,
-            seed,
-            backbone_checkpoint,
-            spec,
-            resolution,
-            recipe,
-            other_protocol,
-            test_labels,
-            1.0,  # the overrides come from this run's hyper-parameters, already scaled
-        )
+        return plan_run(same_backbone.but(protocol=other_protocol), task, other, other_overrides, seed)
 
-    planner = Planner(plan_dependency, protocol, spec)
+    planner = Planner(plan_dependency, settings.protocol, spec)
     needs = {**method_cls().dependencies(hparams, planner), **(inputs or {})}
     config = RunConfig(
         benchmark=bench.fingerprint,
@@ -187,14 +108,41 @@ def plan_run(
         method=method,
         hparams=hparams,
         backbone=backbone,
-        resolution=default_resolution(bench) if resolution is None else resolution,
-        recipe=recipe,
-        protocol=protocol,
+        resolution=native_resolution(bench) if settings.resolution is None else settings.resolution,
+        recipe=settings.recipe,
+        protocol=settings.protocol,
         seed=seed,
         inputs={name: request.config.run_id for name, request in needs.items()},
         extra={"role": role} if role else {},
     )
-    return RunRequest(config, Path(bench.root), backbone_checkpoint, test_labels, needs)
+    return RunRequest(config, Path(bench.root), settings.backbone_checkpoint, settings.test_labels, needs)
+
+
+def task_planner(settings: RunSettings, method: str, overrides: dict[str, Any], seed: int) -> TaskPlanner:
+    """What `Method.plan_runs` plans with: runs of `method` with `overrides` and `seed` under `settings`."""
+
+    def plan(task: str, step: dict[str, Any], inputs: dict[str, RunRequest]) -> RunRequest:
+        return plan_run(settings, task, method, {**overrides, **step}, seed, inputs=inputs)
+
+    return TaskPlanner(plan, source_task(settings.benchmark), dict(overrides))
+
+
+def _backbone_of(settings: RunSettings, method: str, uses_pretrained: bool) -> BackboneSpec:
+    """The architecture a run builds: the checkpoint's (it must agree with `settings.backbone` when both are
+    given), else `settings.backbone`; a method that starts from pre-trained weights needs a checkpoint."""
+    spec = settings.backbone
+    if settings.backbone_checkpoint is not None:
+        ckpt_spec = checkpoint_spec(settings.backbone_checkpoint)
+        if spec is not None and spec != ckpt_spec:
+            raise VddError(f"{settings.backbone_checkpoint} holds a {ckpt_spec}, not the requested {spec}")
+        return ckpt_spec
+    if uses_pretrained:
+        raise VddError(
+            f"method {method} starts from a pre-trained backbone: pass --backbone-checkpoint (vdd pretrain)"
+        )
+    if spec is None:
+        raise VddError("no backbone: pass --backbone-checkpoint or --backbone")
+    return spec
 
 
 @dataclass
@@ -283,7 +231,7 @@ def open_run(request: RunRequest, results: Path) -> OpenRun:
     ctx = TaskContext(
         task=config.task,
         num_classes=bench.tasks[config.task].num_classes,
-        spec=BackboneSpec.from_dict({k: v for k, v in config.backbone.items() if k != "checkpoint"}),
+        spec=config.backbone_spec,
         pretrained=pretrained,
         pretrained_classes=pretrained_classes,
         hparams=config.hparams,
@@ -372,6 +320,10 @@ def execute(
     device = device or pick_device()
     for needed in request.inputs.values():
         execute(needed, results, device, progress)
+    method = get_method(config.method)
+    own = method.execute_run(request, Path(results), device, progress, on_epoch_end)
+    if own is not None:
+        return own
     run = open_run(request, Path(results))
     model, history, _, seconds = train_run(run, device, progress, on_epoch_end)
     return finish_run(run, model, device, seconds, history)

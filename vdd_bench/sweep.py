@@ -8,11 +8,10 @@ from typing import Any
 
 from vdd_bench.backbones import BackboneSpec
 from vdd_bench.benchmark import Benchmark
-from vdd_bench.config import read_yaml
-from vdd_bench.continual import plan_chain
+from vdd_bench.config import RunRequest, RunSettings, read_yaml
 from vdd_bench.errors import VddError
-from vdd_bench.method import METHODS, PRESET
-from vdd_bench.runner import RunRequest, plan_run
+from vdd_bench.method import METHODS, PRESET, get_method
+from vdd_bench.runner import task_planner
 
 
 @dataclass
@@ -98,55 +97,33 @@ class SweepSpec:
         shared = {k: v for k, v in common.items() if knows(method, k, v)}
         return {**shared, **self.hparams.get(method, {})}
 
+    def settings(self, base: Path | None = None) -> RunSettings:
+        """The run settings the file gives, its paths relative to `base` (default: the current folder)."""
+        base = base or Path.cwd()
+        return RunSettings(
+            root=base / self.benchmark,
+            test_labels=base / self.test_labels if self.test_labels else None,
+            backbone_checkpoint=base / self.backbone_checkpoint if self.backbone_checkpoint else None,
+            backbone=BackboneSpec.from_dict(self.backbone) if self.backbone else None,
+            resolution=self.resolution,
+            recipe=self.recipe,
+            protocol=self.protocol,
+            epoch_scale=self.epoch_scale,
+        )
+
+    def task_names(self, bench: Benchmark) -> list[str]:
+        if self.tasks == "all":
+            return bench.task_names()
+        return [self.tasks] if isinstance(self.tasks, str) else list(self.tasks)
+
     def expand(self, base: Path | None = None) -> list[RunRequest]:
         """Every run of the sweep, planned (ids computed, inputs checked) but not executed."""
-        base = base or Path.cwd()
-        labels = base / self.test_labels if self.test_labels else None
-        bench = Benchmark.open(base / self.benchmark, labels)
-        tasks = (
-            bench.task_names()
-            if self.tasks == "all"
-            else [self.tasks]
-            if isinstance(self.tasks, str)
-            else self.tasks
-        )
-        checkpoint = base / self.backbone_checkpoint if self.backbone_checkpoint else None
-        spec = BackboneSpec.from_dict(self.backbone) if self.backbone else None
+        settings = self.settings(base)
+        tasks = self.task_names(settings.benchmark)
         requests = []
         for method in self.method_names():
             overrides = self.overrides_for(method)
-            if getattr(METHODS.get(method), "sequential", False):
-                for seed in self.seeds:  # one chain over the sweep's tasks, in their order
-                    requests += plan_chain(
-                        bench,
-                        method,
-                        tasks,
-                        overrides,
-                        seed,
-                        checkpoint,
-                        self.resolution,
-                        self.recipe,
-                        self.protocol,
-                        labels,
-                        self.epoch_scale,
-                    )
-                continue
-            for task in tasks:
-                for seed in self.seeds:
-                    requests.append(
-                        plan_run(
-                            bench,
-                            task,
-                            method,
-                            overrides,
-                            seed=seed,
-                            backbone_checkpoint=checkpoint,
-                            spec=spec,
-                            resolution=self.resolution,
-                            recipe=self.recipe,
-                            protocol=self.protocol,
-                            test_labels=labels,
-                            epoch_scale=self.epoch_scale,
-                        )
-                    )
+            for seed in self.seeds:  # a sequential method's runs are one chain over the tasks, in their order
+                planner = task_planner(settings, method, overrides, seed)
+                requests += get_method(method).plan_runs(tasks, planner)
         return requests

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import submitit
 
+from vdd_bench.config import RunRequest
+from vdd_bench.device import pick_device
 from vdd_bench.errors import VddError
-from vdd_bench.runner import RunRequest
+from vdd_bench.execution import live_claim_checker, needs_run, run_request
 from vdd_bench.store import ClaimHeld, RunStore, atomic_write_bytes, claimed
 
 
@@ -35,9 +37,6 @@ class RunJob(submitit.helpers.Checkpointable):
         self.device = device
 
     def __call__(self) -> str:
-        from vdd_bench.device import pick_device
-        from vdd_bench.launchers import live_claim_checker, needs_run, run_request
-
         results = Path(self.results)
         store = RunStore(results)
         run_id = self.request.config.run_id

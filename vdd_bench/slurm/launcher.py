@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vdd_bench.config import RunRequest
 from vdd_bench.errors import VddError
-from vdd_bench.runner import RunRequest
+from vdd_bench.execution import needs_run
 from vdd_bench.slurm import scheduler
 from vdd_bench.slurm.job import RunJob
 from vdd_bench.slurm.profile import SlurmProfile
@@ -102,8 +103,6 @@ def plan_groups(
     summary: SlurmSummary,
 ) -> list[Group]:
     """Sort the runs that need a job into (level, method) groups; fills the summary's counts."""
-    from vdd_bench.launchers import needs_run
-
     store = RunStore(results)
     level: dict[str, int] = {}
     groups: dict[tuple[int, str], Group] = {}

@@ -1,4 +1,5 @@
-"""The Avalanche bridge (avalanche-lib, imported only inside these functions: it takes seconds to import).
+"""The Avalanche bridge, a family of methods: `avalanche:<Strategy>` names resolve here (the prefix is
+registered below). avalanche-lib is imported only inside these functions: it takes seconds to import.
 
 1. `to_avalanche(bench, ...)`: any benchmark root as an Avalanche benchmark, one experience per task
    (task label = position in the order, labels 0..C-1 of the task), train and test streams, so Avalanche
@@ -35,15 +36,17 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from tasks.generic import native_resolution
 from vdd_bench.augment import augment_batch
 from vdd_bench.backbones import BackboneSpec, build_backbone
 from vdd_bench.benchmark import Benchmark
 from vdd_bench.chains import PREVIOUS
+from vdd_bench.config import RunRequest
 from vdd_bench.continual import SequentialMethod, eval_split
 from vdd_bench.device import Device
 from vdd_bench.errors import VddError
 from vdd_bench.method import METHODS, TaskContext, pretrained_backbone, register_method
-from vdd_bench.runner import RunRequest, default_resolution, finish_run, open_run
+from vdd_bench.runner import finish_run, open_run
 from vdd_bench.safeload import load_tensors
 from vdd_bench.store import RunStore
 
@@ -96,7 +99,7 @@ def to_avalanche(
 ) -> Any:
     """A task-incremental Avalanche benchmark: experience k is task k of `tasks` (default: all, in order)."""
     tasks = list(tasks or bench.task_names())
-    size = size or default_resolution(bench)
+    size = size or native_resolution(bench)
     streams: dict[str, list[Any]] = {"train": [], "test": []}
     for label, task in enumerate(tasks):
         for split, stream in streams.items():
@@ -172,7 +175,7 @@ class AvalancheStrategy(SequentialMethod):
     def report(self, model: nn.Module, ctx: TaskContext) -> dict[str, Any]:
         return {"loop": "avalanche", "strategy": self.strategy, "task_label": model.active}
 
-    def execute(
+    def execute_run(
         self,
         request: RunRequest,
         results: Path,
@@ -326,3 +329,6 @@ def register_strategy(name: str) -> str:
     )
     register_method(method)(cls)
     return method
+
+
+METHODS.register_prefix("avalanche:", register_strategy)

@@ -1,0 +1,42 @@
+"""Executing one planned run, shared by the local launcher and the SLURM job: what still needs doing, doing
+it, and whose claim on a run is still alive."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from vdd_bench.config import RunRequest
+from vdd_bench.device import Device
+from vdd_bench.method import get_method
+from vdd_bench.runner import execute
+from vdd_bench.slurm.scheduler import active, queue
+from vdd_bench.store import RunStore, claim_is_live
+
+
+def needs_run(request: RunRequest, results: Path) -> bool:
+    """Not done yet; or done without what its method adds after the run (a chain step's accuracy row)."""
+    store = RunStore(results)
+    run_id = request.config.run_id
+    if not store.is_done(run_id):
+        return True
+    return not get_method(request.config.method).complete(store.run_dir(run_id))
+
+
+def run_request(request: RunRequest, results: Path, device: Device | None, progress: bool) -> None:
+    """Execute one planned run (unless done), then its method's `after_run`."""
+    if not RunStore(results).is_done(request.config.run_id):
+        execute(request, results, device, progress=progress)
+    get_method(request.config.method).after_run(request, results, device)
+
+
+def live_claim_checker() -> Callable[[dict], bool]:
+    """claim_is_live with the scheduler asked at most once, and only when a claim names a SLURM job."""
+    cache: dict[str, dict[str, str] | None] = {}
+
+    def active_jobs() -> dict[str, str] | None:
+        if "jobs" not in cache:
+            cache["jobs"] = active(queue())
+        return cache["jobs"]
+
+    return lambda claim: claim_is_live(claim, active_jobs)
