@@ -38,6 +38,7 @@ import torch
 SECTIONS = ("data", "methods", "tailored", "bundle", "harness")
 _REPO = Path(__file__).resolve().parents[1]
 HARNESS_TARGET_S = 2.0
+STATUS_TARGET_S = 0.5  # a status command answers before torch could even load
 
 
 CPU = torch.device("cpu")
@@ -631,6 +632,8 @@ def bench_harness(options: BenchOptions, tmp: Path) -> tuple[list[dict], dict]:
         (folder / "record.json").write_text(json.dumps(record))
         (folder / "done").write_bytes(b"")
     leaderboard_s = _cli_seconds(["leaderboard", "--results", str(store)], tmp)
+    (tmp / "empty").mkdir()
+    status_s = _cli_seconds(["status", "--results", str(tmp / "empty")], tmp)
 
     toy = _toy(tmp)
     checkpoint = tmp / "backbone.pt"
@@ -670,6 +673,7 @@ def bench_harness(options: BenchOptions, tmp: Path) -> tuple[list[dict], dict]:
             "<= 1",
         ),
         _row("harness", "import vdd_bench.cli, s", import_s, "s", "2 s target", HARNESS_TARGET_S, "<= 1"),
+        _row("harness", "vdd status, empty results, s", status_s, "s", "0.5 s", STATUS_TARGET_S, "<= 1"),
     ]
     setup = "each command a fresh process (start and imports included); import time beyond a bare interpreter"
     return rows, {"harness": setup}

@@ -261,11 +261,12 @@ def status(sweep_files, given: GivenSettings, sets, results, as_json) -> None:
     runs with their log file and last error line."""
     from dataclasses import asdict
 
-    from vdd_bench.slurm.launcher import closure
     from vdd_bench.status import render_status, run_statuses
 
     configs = None
-    if sweep_files:
+    if sweep_files:  # planning a sweep loads torch; the store alone does not
+        from vdd_bench.slurm.launcher import closure
+
         configs = {}
         for sweep_file in sweep_files:
             requests = _sweep_requests(sweep_file, given.sweep_keys(), sets)

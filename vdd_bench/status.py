@@ -17,7 +17,7 @@ from pathlib import Path
 
 from vdd_bench.config import RunConfig
 from vdd_bench.slurm import scheduler
-from vdd_bench.slurm.launcher import read_submission
+from vdd_bench.slurm.scheduler import read_submission
 from vdd_bench.store import RunStore, claim_is_live, read_claim
 
 STATES = ("done", "running", "pending", "failed", "todo")

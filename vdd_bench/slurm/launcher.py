@@ -30,9 +30,8 @@ from vdd_bench.execution import needs_run
 from vdd_bench.slurm import scheduler
 from vdd_bench.slurm.job import RunJob
 from vdd_bench.slurm.profile import SlurmProfile
+from vdd_bench.slurm.scheduler import SUBMISSION_FILE, read_submission
 from vdd_bench.store import RunStore, atomic_write_json, claim_is_live, read_claim
-
-SUBMISSION_FILE = "slurm.json"
 
 
 @dataclass
@@ -85,15 +84,6 @@ def active_job(folder: Path, queued: dict[str, str] | None) -> str | None:
     if submission is not None and queued is not None and submission["job_id"] in queued:
         return submission["job_id"]
     return None
-
-
-def read_submission(folder: Path) -> dict[str, Any] | None:
-    import json
-
-    try:
-        return json.loads((folder / SUBMISSION_FILE).read_text())
-    except (FileNotFoundError, ValueError):
-        return None
 
 
 def plan_groups(

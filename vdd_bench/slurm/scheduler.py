@@ -7,9 +7,14 @@ scheduler answers, so that callers fall back on what the run store says.
 from __future__ import annotations
 
 import getpass
+import json
 import shutil
 import subprocess
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+SUBMISSION_FILE = "slurm.json"  # in a run folder: the job it was last submitted as
 
 # squeue states of a job that still holds or will get a node (a requeued job is PENDING again)
 ACTIVE_STATES = frozenset(
@@ -76,3 +81,11 @@ def final_states(job_ids: Iterable[str]) -> dict[str, str]:
         if job_id:
             states[job_id] = state.split()[0] if state else ""
     return states
+
+
+def read_submission(folder: Path) -> dict[str, Any] | None:
+    """The job a run folder was last submitted as (`slurm.json`: job id, log paths), or None."""
+    try:
+        return json.loads((folder / SUBMISSION_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
