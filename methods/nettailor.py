@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -40,14 +40,12 @@ from methods._nettailor_graph import (
 )
 from vdd_bench.architectures import TIMING_KEY
 from vdd_bench.backbones import Backbone, BackboneSpec, build_backbone
+from vdd_bench.config import Planner, RunRequest
 from vdd_bench.errors import VddError
 from vdd_bench.latency import interleaved_median_seconds
 from vdd_bench.method import Method, Phase, TaskContext, pretrained_backbone, register_method
 from vdd_bench.runner import load_run_model
 from vdd_bench.score import accuracy_floor, learned_nothing
-
-if TYPE_CHECKING:
-    from vdd_bench.runner import Planner, RunRequest
 
 # The teacher: the authors' teacher script for the wide ResNet-26 (main_teacher.py; the decathlon teacher
 # script their README names was never published): 90 epochs, lr 0.01 x0.1 every 30, batch 256, wd 5e-4.

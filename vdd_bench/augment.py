@@ -174,7 +174,7 @@ def crop_normalise_cpu(
     out: np.ndarray | None = None,
 ) -> torch.Tensor:
     """The compiled one-pass kernel (indices already checked), into `out` or a new array."""
-    from vdd_bench.crop_kernel import crop_normalise
+    from vdd_bench.crop_kernel import crop_normalise  # numba's import and compile: only on this path
 
     shape = (len(index), array.shape[1], rows.shape[1], cols.shape[1])
     if out is None:

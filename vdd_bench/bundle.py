@@ -35,8 +35,12 @@ from vdd_bench.augment import AugmentSpec, make_spec
 from vdd_bench.backbones import BackboneSpec, build_backbone, load_checkpoint
 from vdd_bench.benchmark import Benchmark
 from vdd_bench.chains import setting
+from vdd_bench.device import Device
+from vdd_bench.engine import predict
 from vdd_bench.errors import VddError
 from vdd_bench.method import METHODS, Method, TaskContext, coerce, get_method
+from vdd_bench.normalization import task_mean_std
+from vdd_bench.runner import file_fingerprint, load_run_model
 from vdd_bench.safeload import load_tensors
 from vdd_bench.store import RunStore, atomic_write_bytes
 
@@ -178,7 +182,6 @@ def _chain_end(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _find_backbone(results: Path, fingerprint: str, given: Path | None) -> Path:
-    from vdd_bench.runner import file_fingerprint
 
     candidates = [given] if given is not None else sorted((Path(results) / "backbones").glob("*.pt"))
     for path in candidates:
@@ -191,7 +194,6 @@ def _find_backbone(results: Path, fingerprint: str, given: Path | None) -> Path:
 
 
 def _augment(bench: Benchmark, config: dict[str, Any], results: Path) -> AugmentSpec:
-    from vdd_bench.normalization import task_mean_std
 
     mean, std = task_mean_std(bench, config["task"], None, results)
     return make_spec(config["recipe"], config["task"], config["resolution"], mean, std)
@@ -236,7 +238,6 @@ def export(
     backbone_checkpoint: Path | None = None,
 ) -> ExportSummary:
     """Write the bundle of `method`'s finished runs on the benchmark at `root`; returns what it holds."""
-    from vdd_bench.runner import load_run_model
 
     bench = Benchmark.open(root)
     store = RunStore(results)
@@ -392,8 +393,6 @@ class Bundle:
         """Predicted classes of uint8 [N, 3, S, S] images of the current task (its test-time transform),
         stored in the geometry its recipe reads (`vdd_bench.augment.geometry`: squashed for some tasks of the
         nettailor recipe)."""
-        from vdd_bench.device import Device
-        from vdd_bench.engine import predict
 
         if self.model is None or self.task is None:
             raise VddError("call set_task(name) before predict")

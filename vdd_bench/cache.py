@@ -141,7 +141,7 @@ class BlockShuffleReader:
         import h5py
         import torch
 
-        from vdd_bench.augment import take
+        from vdd_bench.augment import take  # loads torch, which packing and verifying never need
 
         n = self.shape[0]
         starts = list(range(0, n, self.block))

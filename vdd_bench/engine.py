@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,14 +24,12 @@ from tqdm.auto import tqdm
 from vdd_bench.augment import AugmentSpec, augment_batch
 from vdd_bench.batches import epoch_batches
 from vdd_bench.device import Device
+from vdd_bench.distributed import Distributed, check_batch
 from vdd_bench.errors import VddError
 from vdd_bench.faults import fault_point
 from vdd_bench.method import Method, Phase, TaskContext
 from vdd_bench.safeload import load_tensors
 from vdd_bench.store import atomic_write_bytes
-
-if TYPE_CHECKING:
-    from vdd_bench.distributed import Distributed
 
 CHECKPOINT_FORMAT = "vdd-train-state/1"
 
@@ -203,8 +201,6 @@ class Trainer:
             phase = phases[index]
             net = model
             if self.dist is not None:
-                from vdd_bench.distributed import check_batch
-
                 check_batch(phase.batch_size, self.dist.world_size)
                 net = self.dist.wrap(model, self.device)
             optimizer = make_optimizer(self.method.param_groups(model, phase, self.ctx), phase)

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from vdd_bench.benchmark import Benchmark, SplitIndex
 from vdd_bench.cache import default_cache_path, load_split_images
 from vdd_bench.config import Planner, RunConfig, RunRequest, RunSettings, TaskPlanner
 from vdd_bench.device import Device, pick_device
+from vdd_bench.distributed import Distributed
 from vdd_bench.engine import LabelledImages, Trainer, predict, remove_checkpoints, save_state
 from vdd_bench.errors import VddError
 from vdd_bench.faults import fault_point
@@ -31,9 +32,6 @@ from vdd_bench.method import METHODS, Method, TaskContext, get_method
 from vdd_bench.normalization import task_mean_std
 from vdd_bench.safeload import load_tensors
 from vdd_bench.store import RunStore, atomic_write_bytes
-
-if TYPE_CHECKING:
-    from vdd_bench.distributed import Distributed
 
 MODEL_FORMAT = "vdd-model/1"  # model.pt: the final weights (+ the structure a method's surgery left)
 _FINGERPRINTS: dict[tuple[str, int, int], str] = {}

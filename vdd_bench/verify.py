@@ -32,6 +32,7 @@ from vdd_bench.benchmark import (
     scan_categories,
     scan_split,
 )
+from vdd_bench.cache import FORMAT, SIZES_DIGEST
 from vdd_bench.errors import DataError
 from vdd_bench.images import files_digest, image_paths
 
@@ -301,8 +302,6 @@ class _Checker:
         """The pack must be readable to its end, of this root's annotations, with every split's images."""
         import h5py
 
-        from vdd_bench.cache import FORMAT, SIZES_DIGEST
-
         fix = "delete it and re-pack (`vdd data pack`)"
         try:
             bench: Benchmark | None = Benchmark.open(self.root, self.test_labels)
@@ -337,8 +336,6 @@ class _Checker:
     def _same_images(self, path: Path, bench: Benchmark, task: str, split: str, group: Any) -> None:
         """Same annotations do not mean same images: the pack's digest of image names and sizes must be
         this root's (a pack of another copy of the data, whose images differ, would be read silently)."""
-        from vdd_bench.cache import SIZES_DIGEST
-
         try:
             files = bench.split(task, split).files
             here = files_digest(image_paths(bench.root, files), files)

@@ -18,6 +18,7 @@ import submitit
 
 from vdd_bench.config import RunRequest
 from vdd_bench.device import pick_device
+from vdd_bench.engine import load_state, previous_checkpoint
 from vdd_bench.errors import VddError
 from vdd_bench.execution import live_claim_checker, needs_run, run_request
 from vdd_bench.store import ClaimHeld, RunStore, atomic_write_bytes, claimed
@@ -70,8 +71,6 @@ class RunJob(submitit.helpers.Checkpointable):
 
 def report_resume(folder: Path, request: RunRequest) -> None:
     """Say in the job's log where a requeued or relaunched run resumes."""
-    from vdd_bench.engine import load_state, previous_checkpoint
-
     path = folder / "checkpoint.pt"
     if not path.exists() and not previous_checkpoint(path).exists():
         print(f"{request.config.run_id}: starting", flush=True)
