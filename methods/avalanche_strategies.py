@@ -42,12 +42,12 @@ from vdd_bench.backbones import BackboneSpec, build_backbone
 from vdd_bench.benchmark import Benchmark
 from vdd_bench.chains import PREVIOUS
 from vdd_bench.config import RunRequest
-from vdd_bench.continual import SequentialMethod, eval_split
 from vdd_bench.device import Device
 from vdd_bench.errors import VddError
 from vdd_bench.method import METHODS, TaskContext, pretrained_backbone, register_method
 from vdd_bench.runner import finish_run, open_run
 from vdd_bench.safeload import load_tensors
+from vdd_bench.sequential import SequentialMethod, eval_split
 from vdd_bench.store import RunStore
 
 STATE_FILE = "avalanche_state.pt"
@@ -263,6 +263,9 @@ def encode_state(value: Any, strategy: str) -> Any:
     )
 
 
+_PLAIN_TAGS: dict[str, Callable[[Any], Any]] = {"__size__": torch.Size, "__device__": torch.device}
+
+
 def decode_state(value: Any, previous_model: nn.Module) -> Any:
     """The inverse of `encode_state`; only classes of Avalanche's own modules are re-created."""
     from avalanche.training.utils import ParamData
@@ -275,10 +278,8 @@ def decode_state(value: Any, previous_model: nn.Module) -> Any:
     if not isinstance(value, dict):
         return value
     [(tag, content)] = [(k, v) for k, v in value.items() if k != "items" and k != "state"]
-    if tag == "__size__":
-        return torch.Size(content)
-    if tag == "__device__":
-        return torch.device(content)
+    if tag in _PLAIN_TAGS:
+        return _PLAIN_TAGS[tag](content)
     if tag == "__param__":
         return ParamData(content["name"], torch.Size(content["shape"]), init_tensor=content["data"])
     if tag == "__defaultdict__":
@@ -290,16 +291,21 @@ def decode_state(value: Any, previous_model: nn.Module) -> Any:
             decode(v) for v in content
         )
     if tag == "__object__":
-        module_name, _, qualname = content.partition(":")
-        if not module_name.startswith("avalanche."):
-            raise VddError(f"plugin state names {content}, not an Avalanche class: refusing it")
-        cls: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            cls = getattr(cls, part)
-        obj = object.__new__(cls)
+        obj = object.__new__(_avalanche_class(content))
         obj.__dict__.update(decode(value["state"]))
         return obj
     raise VddError(f"plugin state: unknown tag {tag!r}: the state file was written by another version")
+
+
+def _avalanche_class(name: str) -> type:
+    """The class `module:qualname` names, refused unless it is one of Avalanche's own modules."""
+    module_name, _, qualname = name.partition(":")
+    if not module_name.startswith("avalanche."):
+        raise VddError(f"plugin state names {name}, not an Avalanche class: refusing it")
+    cls: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        cls = getattr(cls, part)
+    return cls
 
 
 def _features(backbone: nn.Module) -> nn.Module:

@@ -31,8 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vdd_bench.backbones import Backbone, BackboneSpec, build_backbone
-from vdd_bench.continual import PREVIOUS, PerTask, SequentialMethod, first_model
+from vdd_bench.chains import PREVIOUS
 from vdd_bench.method import SGD_RECIPE, Phase, TaskContext, register_method
+from vdd_bench.sequential import PerTask, SequentialMethod, first_model
 
 
 def _with_heads(model: Backbone) -> Backbone:
@@ -87,17 +88,7 @@ class LearningWithoutForgetting(SequentialMethod):
         train = super().phases(ctx)[0]
         if hp["source_first"] and PREVIOUS not in ctx.inputs:
             return []  # the source task's head and network are the pre-trained ones
-        warmup = Phase(
-            name="warmup",
-            epochs=hp["warmup_epochs"],
-            lr=hp["warmup_lr"],
-            optimizer=hp["optimizer"],
-            momentum=hp["momentum"],
-            weight_decay=hp["weight_decay"],
-            milestones=tuple(hp["milestones"]),
-            gamma=hp["gamma"],
-            batch_size=hp["batch_size"],
-        )
+        warmup = Phase.of("warmup", hp, hp["warmup_epochs"], hp["warmup_lr"])
         return [warmup, train]
 
     def param_groups(self, model: nn.Module, phase: Phase, ctx: TaskContext) -> list[dict[str, Any]]:

@@ -243,21 +243,8 @@ class _TailoredMethod(Method):
         return architecture(model)
 
 
-def _phase(name: str, hp: dict[str, Any], epochs: int, lr: float) -> Phase:
-    return Phase(
-        name=name,
-        epochs=epochs,
-        lr=lr,
-        momentum=hp["momentum"],
-        weight_decay=hp["weight_decay"],
-        milestones=tuple(hp["milestones"]),
-        gamma=hp["gamma"],
-        batch_size=hp["batch_size"],
-    )
-
-
 def _retrain(ctx: TaskContext) -> list[Phase]:
-    return [_phase("retrain", ctx.hparams, ctx.hparams["retrain_epochs"], ctx.hparams["retrain_lr"])]
+    return [Phase.of("retrain", ctx.hparams, ctx.hparams["retrain_epochs"], ctx.hparams["retrain_lr"])]
 
 
 @register_method("nettailor_student")
@@ -274,7 +261,7 @@ class NetTailorStudent(_TailoredMethod):
         return student_graph(ctx)
 
     def phases(self, ctx: TaskContext) -> list[Phase]:
-        return [_phase("student", ctx.hparams, ctx.hparams["epochs"], ctx.hparams["lr"])]
+        return [Phase.of("student", ctx.hparams, ctx.hparams["epochs"], ctx.hparams["lr"])]
 
 
 @register_method("nettailor_prune")

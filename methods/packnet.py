@@ -38,9 +38,10 @@ from torch import Tensor, nn
 
 from methods._surgery import apply_layer, batchnorms, replace_layers
 from vdd_bench.backbones import Backbone, BackboneSpec, build_backbone
-from vdd_bench.continual import PREVIOUS, PerTask, SequentialMethod, first_model
+from vdd_bench.chains import PREVIOUS
 from vdd_bench.errors import VddError
 from vdd_bench.method import Phase, TaskContext, register_method
+from vdd_bench.sequential import PerTask, SequentialMethod, first_model
 
 
 class PackedConv(nn.Module):
@@ -206,15 +207,7 @@ class PackNet(SequentialMethod):
             train = Phase(name="train", epochs=0, lr=hp["lr"])  # the source task is already trained
         if self._unpruned(ctx):
             return [train]
-        retrain = Phase(
-            name="retrain",
-            epochs=hp["retrain_epochs"],
-            lr=hp["retrain_lr"],
-            optimizer=hp["optimizer"],
-            momentum=hp["momentum"],
-            weight_decay=hp["weight_decay"],
-            batch_size=hp["batch_size"],
-        )
+        retrain = Phase.of("retrain", hp, hp["retrain_epochs"], hp["retrain_lr"], milestones=[])
         return [train, retrain]
 
     def end_phase(self, model: nn.Module, phase: Phase, ctx: TaskContext) -> nn.Module:

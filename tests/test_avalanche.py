@@ -11,9 +11,10 @@ from method_helpers import ToyEnv, make_toy_env
 from torch import nn
 
 from methods.avalanche_strategies import decode_state, encode_state, register_strategy, to_avalanche
-from vdd_bench.continual import plan_chain, render_continual, run_chain
+from vdd_bench.continual import chain_results, plan_chain, run_chain
 from vdd_bench.leaderboard import build_groups
 from vdd_bench.store import RunStore
+from vdd_bench.tables import render_continual
 
 ORDER = ["colors", "shapes"]
 
@@ -75,6 +76,6 @@ def test_an_avalanche_strategy_runs_as_a_chain_and_lands_in_the_leaderboard(
     [group] = [g for g in build_groups(records)]
     [row] = group.rows
     assert set(row.accs) == set(ORDER)
-    assert method in render_continual(env.results)
+    assert method in render_continual(chain_results(env.results))
     assert (RunStore(env.results).run_dir(result.run_ids[0]) / "avalanche_state.pt").exists()
     assert (RunStore(env.results).run_dir(result.run_ids[1]) / "predictions.npz").exists()

@@ -13,7 +13,8 @@ from method_helpers import ToyEnv, make_toy_env, run_method
 
 from vdd_bench.bundle import Bundle, export
 from vdd_bench.cli import main
-from vdd_bench.continual import eval_split, plan_chain, run_chain
+from vdd_bench.continual import plan_chain, run_chain
+from vdd_bench.sequential import eval_split
 from vdd_bench.store import RunStore
 
 TASKS = ["colors", "shapes"]

@@ -9,8 +9,9 @@ import pytest
 from click.testing import CliRunner
 from method_helpers import ToyEnv, make_toy_env
 
+from vdd_bench.chains import ChainResult
 from vdd_bench.cli import main
-from vdd_bench.continual import ChainResult, plan_chain, run_chain
+from vdd_bench.continual import plan_chain, run_chain
 from vdd_bench.errors import VddError
 from vdd_bench.store import RunStore
 

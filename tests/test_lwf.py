@@ -18,7 +18,8 @@ from tasks.generic import native_resolution
 from vdd_bench.augment import augment_batch, make_spec
 from vdd_bench.backbones import load_checkpoint
 from vdd_bench.cache import load_split_images
-from vdd_bench.continual import ChainResult, plan_chain, run_chain
+from vdd_bench.chains import ChainResult
+from vdd_bench.continual import plan_chain, run_chain
 from vdd_bench.method import get_method
 from vdd_bench.normalization import task_mean_std
 from vdd_bench.runner import load_run_model

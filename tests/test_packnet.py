@@ -10,8 +10,9 @@ import torch
 from method_helpers import ToyEnv, make_toy_env
 
 from vdd_bench.augment import augment_batch
-from vdd_bench.continual import eval_split, plan_chain, run_chain, step_model
+from vdd_bench.continual import plan_chain, run_chain
 from vdd_bench.runner import RunRequest
+from vdd_bench.sequential import eval_split, step_model
 from vdd_bench.store import RunStore
 
 ORDER = ["colors", "shapes", "digits"]

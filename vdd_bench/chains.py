@@ -13,6 +13,7 @@ Pure functions over records (no torch): the leaderboard and the submission both 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 CONTINUAL_FILE = "continual.json"
@@ -81,3 +82,51 @@ def with_final_accuracies(records: list[dict[str, Any]]) -> list[dict[str, Any]]
             {**record, "metrics": metrics, "metrics_at_step": record["metrics"], "chain_end": end["run_id"]}
         )
     return out
+
+
+@dataclass
+class ChainResult:
+    """R[i][j]: accuracy (%) on task j after learning task i (None above the diagonal)."""
+
+    method: str
+    run_ids: list[str]
+    tasks: list[str]
+    matrix: list[list[float | None]]
+    split: str
+
+    @property
+    def final(self) -> dict[str, float | None]:
+        return dict(zip(self.tasks, self.matrix[-1], strict=True))
+
+    @property
+    def forgetting(self) -> dict[str, float | None]:
+        """Per task but the last: best accuracy at any earlier step minus the final one (Chaudhry et al.)."""
+        out: dict[str, float | None] = {}
+        for j, task in enumerate(self.tasks[:-1]):
+            earlier = [row[j] for row in self.matrix[j:-1] if row[j] is not None]
+            last = self.matrix[-1][j]
+            out[task] = max(earlier) - last if earlier and last is not None else None
+        return out
+
+    @property
+    def mean_final(self) -> float | None:
+        values = list(self.final.values())
+        return sum(values) / len(values) if None not in values else None
+
+    @property
+    def mean_forgetting(self) -> float | None:
+        values = list(self.forgetting.values())
+        return sum(values) / len(values) if values and None not in values else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "run_ids": self.run_ids,
+            "tasks": self.tasks,
+            "split": self.split,
+            "matrix": self.matrix,
+            "final": self.final,
+            "forgetting": self.forgetting,
+            "mean_final": self.mean_final,
+            "mean_forgetting": self.mean_forgetting,
+        }

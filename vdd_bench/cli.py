@@ -29,6 +29,19 @@ PROGRESS = click.option("--progress/--no-progress", default=True, show_default=T
 SETS = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a hyper-parameter.")
 
 
+def sweep_files_option(help_text: str):
+    """--sweep FILE (repeatable): the commands that read what a sweep expects."""
+    path = click.Path(exists=True, dir_okay=False, path_type=Path)
+    return click.option("--sweep", "sweep_files", multiple=True, type=path, help=help_text)
+
+
+def run_options(command):
+    """The options of a command that runs: the run settings, --set, --results, --device, --progress."""
+    for option in (PROGRESS, DEVICE, RESULTS, SETS, settings_options):
+        command = option(command)
+    return command
+
+
 def parse_sets(sets: tuple[str, ...]) -> dict[str, str]:
     out = {}
     for item in sets:
@@ -109,11 +122,7 @@ def _report_failures(summary) -> None:
 @click.option("--method", required=True)
 @click.option("--task", required=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@settings_options
-@SETS
-@RESULTS
-@DEVICE
-@PROGRESS
+@run_options
 def run(method, task, seed, given: GivenSettings, sets, results, device, progress) -> None:
     """Run one method on one task (skipped when already done) and print its record."""
     from vdd_bench.runner import execute, plan_run
@@ -181,9 +190,7 @@ def _sweep_requests(sweep_file: Path | None, given: dict[str, Any], sets: tuple[
 @RESULTS
 @DEVICE
 @PROGRESS
-def sweep(
-    sweep_file, methods, tasks, seeds, given: GivenSettings, launcher, profile, wait, dry_run, sets, **run
-) -> None:
+def sweep(sweep_file, given: GivenSettings, sets, dry_run, **options) -> None:
     """Methods x tasks x seeds on one benchmark, from a sweep file and/or options; done runs are skipped.
 
     With --launcher slurm the runs are submitted as job arrays (one per method and dependency level) and
@@ -191,23 +198,23 @@ def sweep(
     from vdd_bench.launchers import LocalLauncher
     from vdd_bench.store import RunStore
 
-    if launcher == "slurm" and profile is None:
-        raise VddError("--launcher slurm needs --profile FILE (see slurm/profiles/)")
+    profile = _slurm_profile(options["launcher"], options["profile"])
+    methods, tasks, seeds = options["methods"], options["tasks"], options["seeds"]
     selection = {"methods": methods and methods.split(","), "tasks": tasks and tasks.split(",")}
     selection["seeds"] = _seeds(seeds) if seeds else None
     keys = {**given.sweep_keys(), **{k: v for k, v in selection.items() if v is not None}}
     requests = _sweep_requests(sweep_file, keys, sets)
-    results, device, progress = run["results"], run["device"], run["progress"]
+    results, device = options["results"], options["device"]
     if dry_run:
         store = RunStore(results)
         for request in requests:
             state = "done" if store.is_done(request.config.run_id) else "todo"
             click.echo(f"{state}\t{request.config.run_id}")
         return
-    if launcher == "slurm":
-        _sweep_on_slurm(requests, profile, results, device, wait)
+    if profile is not None:
+        _sweep_on_slurm(requests, profile, results, device, options["wait"])
         return
-    summary = LocalLauncher(results, _device(device), progress).launch(requests)
+    summary = LocalLauncher(results, _device(device), options["progress"]).launch(requests)
     claimed = f", {len(summary.claimed)} skipped (running elsewhere)" if summary.claimed else ""
     elsewhere = f", {summary.done_elsewhere} done meanwhile elsewhere" if summary.done_elsewhere else ""
     click.echo(
@@ -217,12 +224,11 @@ def sweep(
     _report_failures(summary)
 
 
-def _sweep_on_slurm(requests, profile: Path, results: Path, device: str | None, wait: bool) -> None:
+def _sweep_on_slurm(requests, profile, results: Path, device: str | None, wait: bool) -> None:
     from vdd_bench.slurm.launcher import SlurmLauncher, wait_for
-    from vdd_bench.slurm.profile import SlurmProfile
     from vdd_bench.status import run_statuses
 
-    summary = SlurmLauncher(results, SlurmProfile.from_file(profile), device).launch(requests)
+    summary = SlurmLauncher(results, profile, device).launch(requests)
     where = f" (submitit folder {summary.folder})" if summary.folder else ""
     click.echo(
         f"{summary.runs} runs (inputs included): {summary.done_before} already done, "
@@ -245,13 +251,7 @@ def _sweep_on_slurm(requests, profile: Path, results: Path, device: str | None, 
 
 
 @main.command()
-@click.option(
-    "--sweep",
-    "sweep_files",
-    multiple=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Only the runs of this sweep file (repeatable); default every run folder of --results.",
-)
+@sweep_files_option("Only the runs of this sweep file (repeatable); default every run folder of --results.")
 @settings_options
 @SETS
 @RESULTS
@@ -285,12 +285,8 @@ def status(sweep_files, given: GivenSettings, sets, results, as_json) -> None:
 @click.option("--benchmark", "fingerprint", default=None, help="Only this benchmark fingerprint.")
 @click.option("--continual", is_flag=True, help="Chains: accuracy matrix, final accuracy, forgetting.")
 @click.option("--architectures", is_flag=True, help="NetTailor: add each task's kept-architecture diagram.")
-@click.option(
-    "--sweep",
-    "sweep_files",
-    multiple=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Sweep file (repeatable): every run it expects that is not done is shown as missing, by run id.",
+@sweep_files_option(
+    "Sweep file (repeatable): every run it expects that is not done is shown as missing, by run id."
 )
 @click.option(
     "--root",
@@ -303,15 +299,7 @@ def status(sweep_files, given: GivenSettings, sets, results, as_json) -> None:
     help="With --sweep: as given to `vdd sweep`.",
 )
 def leaderboard(
-    results: Path,
-    fmt: str,
-    split: str,
-    fingerprint: str | None,
-    continual: bool,
-    architectures: bool,
-    sweep_files: tuple[Path, ...],
-    root: Path | None,
-    backbone_checkpoint: Path | None,
+    results: Path, fmt: str, split: str, fingerprint: str | None, continual: bool, **options: Any
 ) -> None:
     """Tables of every finished run, grouped by benchmark and backbone, with the decathlon score.
 
@@ -321,19 +309,22 @@ def leaderboard(
     from vdd_bench.store import RunStore
     from vdd_bench.tables import render_groups
 
-    # --- continual view (vdd_bench/continual.py) ---
     if continual:
-        from vdd_bench.continual import render_continual
+        from vdd_bench.continual import chain_results
+        from vdd_bench.tables import render_continual
 
-        click.echo(render_continual(results, fmt, split))
+        chains = chain_results(results, split)
+        if not chains and fmt != "json":
+            raise VddError(f"no evaluated chain under {results}: run `vdd chain` first")
+        click.echo(render_continual(chains, fmt, split))
         return
-    # --- end continual view ---
 
     store = RunStore(results)
     records = [
         r for r in store.done_records() if fingerprint is None or r["config"]["benchmark"] == fingerprint
     ]
-    expected = _expected_runs(sweep_files, root, backbone_checkpoint) if sweep_files else None
+    sweep_files, root, checkpoint = options["sweep_files"], options["root"], options["backbone_checkpoint"]
+    expected = _expected_runs(sweep_files, root, checkpoint) if sweep_files else None
     if expected and fingerprint is not None:
         expected = [e for e in expected if e.config["benchmark"] == fingerprint]
     if not records and not expected:
@@ -342,7 +333,8 @@ def leaderboard(
     if fmt == "markdown":
         from vdd_bench.architectures import render_architectures
 
-        tailored = render_architectures(records, {r["run_id"]: r for r in records}, architectures)
+        by_id = {r["run_id"]: r for r in records}
+        tailored = render_architectures(records, by_id, options["architectures"])
         if tailored:
             click.echo("\n" + tailored)
 
@@ -374,16 +366,11 @@ def _expected_runs(sweep_files: tuple[Path, ...], root: Path | None, checkpoint:
     return expected
 
 
-# --- continual protocol (vdd_bench/continual.py) ---
 @main.command()
 @click.option("--method", required=True, help="A sequential method: packnet, lwf, avalanche:<Strategy>.")
 @click.option("--order", default=None, help="Comma-separated task order (default: the benchmark's order).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@settings_options
-@SETS
-@RESULTS
-@DEVICE
-@PROGRESS
+@run_options
 def chain(method, order, seed, given: GivenSettings, sets, results, device, progress) -> None:
     """Learn the tasks one after another with one network; relaunching continues a killed chain."""
     from vdd_bench.continual import plan_chain, run_chain
@@ -392,9 +379,6 @@ def chain(method, order, seed, given: GivenSettings, sets, results, device, prog
     requests = plan_chain(given.settings(), method, order_list, parse_sets(sets), seed)
     result = run_chain(requests, results, _device(device), progress)
     click.echo(json.dumps(result.to_json(), indent=2))
-
-
-# --- end continual protocol ---
 
 
 @main.command()
@@ -437,32 +421,33 @@ def pretrain(task, given: GivenSettings, out, processes, sync_bn, sets, **launch
 
     if given.values["backbone_checkpoint"] is not None:
         raise VddError("vdd pretrain writes a backbone checkpoint: give --backbone (and --width), not one")
+    profile = _slurm_profile(launch["launcher"], launch["profile"])
+    processes = processes or (max(profile.gpus, 1) if profile else 1)
     settings = given.settings(backbone_default="resnet26")
-    if launch["launcher"] == "slurm":
-        _pretrain_on_slurm(settings, task, parse_sets(sets), processes, sync_bn, out, launch)
+    plan = PretrainPlan(settings, task, parse_sets(sets), processes=processes, sync_bn=sync_bn)
+    if profile is None:
+        path = run_pretrain(plan, launch["results"], out, _device(launch["device"]), launch["progress"])
+        click.echo(str(path))
         return
-    plan = PretrainPlan(settings, task, parse_sets(sets), processes=processes or 1, sync_bn=sync_bn)
-    path = run_pretrain(plan, launch["results"], out, _device(launch["device"]), launch["progress"])
+    from vdd_bench.slurm.pretrain import submit_pretrain, wait_for_job
+
+    job, path = submit_pretrain(plan, launch["results"], profile, out, launch["device"])
+    if job is not None:
+        click.echo(f"submitted job {job.job_id} ({job.paths.folder}): writes {path}", err=True)
+        if launch["wait"]:
+            wait_for_job(job)
     click.echo(str(path))
 
 
-def _pretrain_on_slurm(settings, task, overrides, processes, sync_bn, out, launch: dict[str, Any]) -> None:
-    from vdd_bench.pretrain import PretrainPlan
-    from vdd_bench.slurm.pretrain import submit_pretrain, wait_for_job
+def _slurm_profile(launcher: str, profile: Path | None):
+    """The SLURM profile of `--launcher slurm` (None with the local launcher)."""
+    if launcher != "slurm":
+        return None
+    if profile is None:
+        raise VddError("--launcher slurm needs --profile FILE (see slurm/profiles/)")
     from vdd_bench.slurm.profile import SlurmProfile
 
-    if launch["profile"] is None:
-        raise VddError("--launcher slurm needs --profile FILE (see slurm/profiles/)")
-    profile = SlurmProfile.from_file(launch["profile"])
-    plan = PretrainPlan(
-        settings, task, overrides, processes=processes or max(profile.gpus, 1), sync_bn=sync_bn
-    )
-    job, out = submit_pretrain(plan, launch["results"], profile, out, launch["device"])
-    if job is not None:
-        click.echo(f"submitted job {job.job_id} ({job.paths.folder}): writes {out}", err=True)
-        if launch["wait"]:
-            wait_for_job(job)
-    click.echo(str(out))
+    return SlurmProfile.from_file(profile)
 
 
 @main.command()
@@ -682,33 +667,22 @@ def export_bundle(
     help="Also time compiled networks (torch.compile; minutes on a CPU).",
 )
 @RESULTS
-def bench(
-    as_json: bool,
-    quick: bool,
-    only: str | None,
-    data_root: Path | None,
-    nettailor_results: Path | None,
-    workers: int,
-    threads: int,
-    device: str | None,
-    use_compile: bool,
-    results: Path,
-) -> None:
+def bench(as_json: bool, only: str | None, device: str | None, results: Path, **options: Any) -> None:
     """Measure the harness's speed as ratios against baselines on this machine, and print them."""
     from vdd_bench.benchmarks import BenchOptions, render, run_benchmarks
     from vdd_bench.device import pick_device
 
-    options = BenchOptions(
-        quick=quick,
+    bench_options = BenchOptions(
+        quick=options["quick"],
         sections=only.split(",") if only else None,
-        data_root=data_root,
-        nettailor_results=nettailor_results or results,
-        workers=workers,
-        threads=threads,
+        data_root=options["data_root"],
+        nettailor_results=options["nettailor_results"] or results,
+        workers=options["workers"],
+        threads=options["threads"],
         device=pick_device(device).torch_device,
-        compile=use_compile,
+        compile=options["use_compile"],
     )
-    report = run_benchmarks(options)
+    report = run_benchmarks(bench_options)
     click.echo(json.dumps(report, indent=2) if as_json else render(report))
 
 

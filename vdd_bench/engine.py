@@ -12,7 +12,7 @@ import io
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -150,32 +150,23 @@ def load_state(path: Path, digest: str, warn: bool = True) -> dict[str, Any] | N
     return None
 
 
+@dataclass
 class Trainer:
-    def __init__(
-        self,
-        method: Method,
-        ctx: TaskContext,
-        device: Device,
-        seed: int,
-        checkpoint: Path,
-        digest: str,
-        progress: bool = True,
-        label: str = "",
-        on_epoch_end: Callable[[int, int], None] | None = None,
-        dist: Distributed | None = None,
-    ) -> None:
-        self.method = method
-        self.ctx = ctx
-        self.device = device
-        self.seed = seed
-        self.checkpoint = checkpoint
-        self.digest = digest
-        self.progress = progress
-        self.label = label
-        self.on_epoch_end = on_epoch_end
-        self.dist = dist  # data-parallel: this rank's shard of every batch; only rank 0 writes
-        self.rank_digests: list[str] = []  # data-parallel: every rank's final weights digest
-        self.bad_step: int | None = None  # the first step (1-based, in its epoch) with a non-finite loss
+    """Trains a method's phases on one task, with an epoch-end checkpoint (`checkpoint`, tagged with the
+    run's `digest`) to resume from."""
+
+    method: Method
+    ctx: TaskContext
+    device: Device
+    seed: int
+    checkpoint: Path
+    digest: str
+    progress: bool = True
+    label: str = ""
+    on_epoch_end: Callable[[int, int], None] | None = None
+    dist: Distributed | None = None  # data-parallel: this rank's shard of every batch; only rank 0 writes
+    rank_digests: list[str] = field(default_factory=list, init=False)  # every rank's final weights digest
+    bad_step: int | None = field(default=None, init=False)  # first step (1-based) with a non-finite loss
 
     def fit(
         self, model: nn.Module, data: LabelledImages, augment: AugmentSpec

@@ -24,9 +24,8 @@ def needs_run(request: RunRequest, results: Path) -> bool:
 
 
 def run_request(request: RunRequest, results: Path, device: Device | None, progress: bool) -> None:
-    """Execute one planned run (unless done), then its method's `after_run`."""
-    if not RunStore(results).is_done(request.config.run_id):
-        execute(request, results, device, progress=progress)
+    """Execute one planned run (a done one is not run again), then its method's `after_run`."""
+    execute(request, results, device, progress=progress)
     get_method(request.config.method).after_run(request, results, device)
 
 

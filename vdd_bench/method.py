@@ -61,6 +61,24 @@ class Phase:
     gamma: float = 0.1
     batch_size: int = 128
 
+    @classmethod
+    def of(
+        cls, name: str, hp: dict[str, Any], epochs: int, lr: float, milestones: list[float] | None = None
+    ) -> Phase:
+        """A phase with the optimizer settings a method's hyper-parameters share (`optimizer`, `momentum`,
+        `weight_decay`, `gamma`, `batch_size`, and `milestones` unless given)."""
+        return cls(
+            name=name,
+            epochs=epochs,
+            lr=lr,
+            optimizer=hp.get("optimizer", cls.optimizer),
+            momentum=hp["momentum"],
+            weight_decay=hp["weight_decay"],
+            milestones=tuple(hp["milestones"] if milestones is None else milestones),
+            gamma=hp["gamma"],
+            batch_size=hp["batch_size"],
+        )
+
     def lr_at(self, epoch: int) -> float:
         passed = sum(1 for m in self.milestones if epoch >= round(m * self.epochs))
         return self.lr * self.gamma**passed
@@ -242,20 +260,7 @@ class Method:
         raise NotImplementedError
 
     def phases(self, ctx: TaskContext) -> list[Phase]:
-        hp = ctx.hparams
-        return [
-            Phase(
-                name="train",
-                epochs=hp["epochs"],
-                lr=hp["lr"],
-                optimizer=hp["optimizer"],
-                momentum=hp["momentum"],
-                weight_decay=hp["weight_decay"],
-                milestones=tuple(hp["milestones"]),
-                gamma=hp["gamma"],
-                batch_size=hp["batch_size"],
-            )
-        ]
+        return [Phase.of("train", ctx.hparams, ctx.hparams["epochs"], ctx.hparams["lr"])]
 
     def param_groups(self, model: nn.Module, phase: Phase, ctx: TaskContext) -> list[dict[str, Any]]:
         """Groups for the optimizer; a group may set its own "lr" / "weight_decay", else the phase's apply."""

@@ -20,6 +20,7 @@ from typing import Any
 from tabulate import tabulate
 
 from tasks.decathlon import DECATHLON
+from vdd_bench.chains import ChainResult
 from vdd_bench.errors import VddError
 from vdd_bench.leaderboard import FORMATS, Group, Row, row_mean, row_mean_std
 
@@ -282,3 +283,29 @@ def as_json(group: Group) -> dict[str, Any]:
             for row in group.rows
         ],
     }
+
+
+def render_continual(chains: list[ChainResult], fmt: str = "markdown", split: str = "test") -> str:
+    """Chains (`continual.chain_results`): each one's accuracy matrix, final accuracy and forgetting per
+    task."""
+    if fmt == "json":
+        return json.dumps([chain.to_json() for chain in chains], indent=2)
+    tablefmt = {"markdown": "github", "latex": "latex_booktabs", "csv": "tsv"}[fmt]
+    out = []
+    for chain in chains:
+
+        def cells(values: list[float | None]) -> list[float | None]:
+            return [None if v is None else round(v, 2) for v in values]
+
+        rows = [[f"after {task}", *cells(row)] for task, row in zip(chain.tasks, chain.matrix, strict=True)]
+        rows.append(["final", *cells(list(chain.final.values()))])
+        rows.append(["forgetting", *cells([chain.forgetting.get(t) for t in chain.tasks])])
+        mean_final = "–" if chain.mean_final is None else f"{chain.mean_final:.2f}"
+        mean_forgetting = "–" if chain.mean_forgetting is None else f"{chain.mean_forgetting:.2f}"
+        out.append(
+            f"{chain.method}: {' -> '.join(chain.tasks)} (last run {chain.run_ids[-1]})\n"
+            f"{split} accuracy R[i][j] on task j after learning task i; mean final {mean_final}, "
+            f"mean forgetting {mean_forgetting} (plain means over tasks)\n\n"
+            + tabulate(rows, ["", *chain.tasks], tablefmt=tablefmt, missingval="–")
+        )
+    return "\n\n".join(out)

@@ -61,35 +61,11 @@ class SlurmProfile:
             "setup": (list,),
         }
         assert set(checks) == {f.name for f in fields(cls)}
-        for key, value in data.items():
-            if key not in checks:
-                raise VddError(f"{source}: unknown key {key!r}; known keys are {', '.join(sorted(checks))}")
-            if not isinstance(value, checks[key]) or isinstance(value, bool):
-                expected = " or ".join("null" if t is type(None) else t.__name__ for t in checks[key])
-                raise VddError(f"{source}: {key} must be {expected}, got {value!r}")
-        for key in ("gpus", "signal_delay_s", "max_num_timeout"):
-            if data.get(key, 0) < 0:
-                raise VddError(f"{source}: {key} must be >= 0, got {data[key]}")
-        for key in ("cpus", "time_min", "array_parallelism"):
-            if data.get(key, 1) < 1:
-                raise VddError(f"{source}: {key} must be >= 1, got {data[key]}")
-        for name, value in data.get("sbatch", {}).items():
-            if not isinstance(name, str) or name.startswith("-") or name.replace("_", "-") in RESERVED:
-                raise VddError(
-                    f"{source}: sbatch.{name}: give flag names without dashes; "
-                    f"{', '.join(sorted(RESERVED))} are set by the harness"
-                )
-            if not isinstance(value, str | int | float | bool) or value is False:
-                raise VddError(f"{source}: sbatch.{name} must be a string, a number or true, got {value!r}")
+        _check_types(data, checks, source)
+        _check_sbatch(data.get("sbatch", {}), source)
         if not all(isinstance(line, str) for line in data.get("setup", [])):
             raise VddError(f"{source}: setup must be a list of shell lines (strings)")
-        # a line break in a value would start a new line of the generated sbatch script
-        values = {k: v for k, v in data.items() if k not in ("sbatch", "setup")}
-        values.update({f"sbatch.{k}": v for k, v in data.get("sbatch", {}).items()})
-        values.update({f"sbatch.{k} (name)": k for k in data.get("sbatch", {})})
-        for key, value in values.items():
-            if isinstance(value, str) and any(c in value for c in "\r\n\0"):
-                raise VddError(f"{source}: {key} holds a line break ({value!r}): give a one-line value")
+        _check_one_line(data, source)
         if isinstance(data.get("memory"), int):
             data = {**data, "memory": f"{data['memory']}M"}
         return cls(**data)
@@ -118,3 +94,41 @@ class SlurmProfile:
         if self.setup:
             params["setup"] = list(self.setup)
         return params
+
+
+def _check_types(data: dict[str, Any], checks: dict[str, tuple[type, ...]], source: str) -> None:
+    """Known keys only, each of its type, counts in their ranges."""
+    for key, value in data.items():
+        if key not in checks:
+            raise VddError(f"{source}: unknown key {key!r}; known keys are {', '.join(sorted(checks))}")
+        if not isinstance(value, checks[key]) or isinstance(value, bool):
+            expected = " or ".join("null" if t is type(None) else t.__name__ for t in checks[key])
+            raise VddError(f"{source}: {key} must be {expected}, got {value!r}")
+    for key in ("gpus", "signal_delay_s", "max_num_timeout"):
+        if data.get(key, 0) < 0:
+            raise VddError(f"{source}: {key} must be >= 0, got {data[key]}")
+    for key in ("cpus", "time_min", "array_parallelism"):
+        if data.get(key, 1) < 1:
+            raise VddError(f"{source}: {key} must be >= 1, got {data[key]}")
+
+
+def _check_sbatch(sbatch: dict[str, Any], source: str) -> None:
+    """Extra sbatch flags: plain names the harness does not set itself, scalar values."""
+    for name, value in sbatch.items():
+        if not isinstance(name, str) or name.startswith("-") or name.replace("_", "-") in RESERVED:
+            raise VddError(
+                f"{source}: sbatch.{name}: give flag names without dashes; "
+                f"{', '.join(sorted(RESERVED))} are set by the harness"
+            )
+        if not isinstance(value, str | int | float | bool) or value is False:
+            raise VddError(f"{source}: sbatch.{name} must be a string, a number or true, got {value!r}")
+
+
+def _check_one_line(data: dict[str, Any], source: str) -> None:
+    """A line break in a value would start a new line of the generated sbatch script."""
+    values = {k: v for k, v in data.items() if k not in ("sbatch", "setup")}
+    values.update({f"sbatch.{k}": v for k, v in data.get("sbatch", {}).items()})
+    values.update({f"sbatch.{k} (name)": k for k in data.get("sbatch", {})})
+    for key, value in values.items():
+        if isinstance(value, str) and any(c in value for c in "\r\n\0"):
+            raise VddError(f"{source}: {key} holds a line break ({value!r}): give a one-line value")
