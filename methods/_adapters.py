@@ -16,8 +16,8 @@ import math
 from typing import Any, ClassVar
 
 from torch import nn
+from vdd_bench.methods._surgery import batchnorms, freeze, is_spatial, replace_layers
 
-from methods._surgery import batchnorms, freeze, is_spatial, replace_layers
 from vdd_bench.backbones import Backbone
 from vdd_bench.errors import VddError
 from vdd_bench.method import README_FLAGS, SGD_RECIPE, Method, Phase, TaskContext, pretrained_backbone

@@ -12,8 +12,8 @@ included, as in the authors' code; torchvision ResNets: the 7x7 stem and the 3x3
 from __future__ import annotations
 
 from torch import Tensor, nn
+from vdd_bench.methods._adapters import AdapterMethod, adapter_conv
 
-from methods._adapters import AdapterMethod, adapter_conv
 from vdd_bench.errors import VddError
 from vdd_bench.method import register_method
 

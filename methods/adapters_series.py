@@ -15,8 +15,8 @@ cost as much as fine-tuning that conv. Their BNs train, like every BN.
 from __future__ import annotations
 
 from torch import Tensor, nn
+from vdd_bench.methods._adapters import AdapterMethod, adapter_conv
 
-from methods._adapters import AdapterMethod, adapter_conv
 from vdd_bench.method import register_method
 
 

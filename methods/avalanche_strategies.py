@@ -35,8 +35,8 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+from vdd_bench.tasks.generic import native_resolution
 
-from tasks.generic import native_resolution
 from vdd_bench.augment import augment_batch
 from vdd_bench.backbones import BackboneSpec, build_backbone
 from vdd_bench.benchmark import Benchmark

@@ -29,8 +29,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from methods._nettailor_graph import (
+from vdd_bench.methods._nettailor_graph import (
     MAIN,
     TailoredNet,
     choose_paths,
@@ -38,6 +37,7 @@ from methods._nettailor_graph import (
     paths_from_json,
     paths_to_json,
 )
+
 from vdd_bench.architectures import TIMING_KEY
 from vdd_bench.backbones import Backbone, BackboneSpec, build_backbone
 from vdd_bench.config import Planner, RunRequest

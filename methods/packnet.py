@@ -35,8 +35,8 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+from vdd_bench.methods._surgery import apply_layer, batchnorms, replace_layers
 
-from methods._surgery import apply_layer, batchnorms, replace_layers
 from vdd_bench.backbones import Backbone, BackboneSpec, build_backbone
 from vdd_bench.chains import PREVIOUS
 from vdd_bench.errors import VddError

@@ -27,8 +27,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import Tensor, nn
+from vdd_bench.methods._surgery import apply_layer, batchnorms, freeze, replace_layers
 
-from methods._surgery import apply_layer, batchnorms, freeze, replace_layers
 from vdd_bench.backbones import Backbone
 from vdd_bench.errors import VddError
 from vdd_bench.method import Method, Phase, TaskContext, pretrained_backbone, register_method

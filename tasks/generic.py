@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from tasks.decathlon import DECATHLON, NATIVE_RESOLUTION, SOURCE_TASK, TaskFacts
+from vdd_bench.tasks.decathlon import DECATHLON, NATIVE_RESOLUTION, SOURCE_TASK, TaskFacts
 
 if TYPE_CHECKING:
     from vdd_bench.benchmark import Benchmark
@@ -25,7 +25,7 @@ def source_task(benchmark: Benchmark) -> str:
     if benchmark.kind == "decathlon":
         return SOURCE_TASK
     if benchmark.kind == "toy":
-        return importlib.import_module("tasks.toy").TOY_SOURCE
+        return importlib.import_module("vdd_bench.tasks.toy").TOY_SOURCE
     names = benchmark.task_names()
     sizes = [len(benchmark.split(t, "train")) for t in names]
     return names[sizes.index(max(sizes))]
@@ -34,5 +34,5 @@ def source_task(benchmark: Benchmark) -> str:
 def native_resolution(benchmark: Benchmark) -> int:
     """Shorter side of the benchmark's images: 72 px for the decathlon and other roots, the toy's own size."""
     if benchmark.kind == "toy":
-        return importlib.import_module("tasks.toy").TOY_RESOLUTION
+        return importlib.import_module("vdd_bench.tasks.toy").TOY_RESOLUTION
     return NATIVE_RESOLUTION

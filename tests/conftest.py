@@ -81,8 +81,7 @@ def make_root(tmp_path: Path) -> Callable[..., Path]:
 def toy_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The toy decathlon, generated once per test session (shared with the method tests' environment)."""
     from method_helpers import toy_path
-
-    from tasks.toy import generate_toy
+    from vdd_bench.tasks.toy import generate_toy
 
     return generate_toy(toy_path(tmp_path_factory))
 

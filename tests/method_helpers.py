@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
+from vdd_bench.tasks.generic import native_resolution
+from vdd_bench.tasks.toy import TOY_SOURCE, generate_toy
 
-from tasks.generic import native_resolution
-from tasks.toy import TOY_SOURCE, generate_toy
 from vdd_bench.augment import make_spec
 from vdd_bench.backbones import BackboneSpec, build_backbone, load_checkpoint
 from vdd_bench.benchmark import Benchmark

@@ -9,8 +9,8 @@ import pytest
 import torch
 from method_helpers import ToyEnv, make_toy_env
 from torch import nn
+from vdd_bench.methods.avalanche_strategies import decode_state, encode_state, register_strategy, to_avalanche
 
-from methods.avalanche_strategies import decode_state, encode_state, register_strategy, to_avalanche
 from vdd_bench.continual import chain_results, plan_chain, run_chain
 from vdd_bench.leaderboard import build_groups
 from vdd_bench.store import RunStore

@@ -298,7 +298,7 @@ def test_a_bad_sweep_file_is_refused_in_one_line(tmp_path: Path, text: str, need
 def test_a_non_finite_loss_stops_the_run_names_the_step_and_keeps_the_checkpoint(
     make_root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from methods.scratch import Scratch
+    from vdd_bench.methods.scratch import Scratch
 
     calls = []
     real_loss = Scratch.loss
@@ -441,7 +441,7 @@ def test_a_file_holding_code_is_refused_without_the_advice_to_load_it_unsafely(
 def test_non_finite_weights_after_the_last_epoch_stop_the_run_and_keep_the_last_good_checkpoint(
     make_root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from methods.scratch import Scratch
+    from vdd_bench.methods.scratch import Scratch
 
     calls = []
     real_loss = Scratch.loss

@@ -8,10 +8,10 @@ import h5py
 import numpy as np
 import pytest
 from PIL import Image
+from vdd_bench.tasks.decathlon import DECATHLON
 
 import vdd_bench.cache as cache_module
 import vdd_bench.normalization as normalization
-from tasks.decathlon import DECATHLON
 from vdd_bench.benchmark import Benchmark
 from vdd_bench.cache import default_cache_path, load_split_images, pack, read_split
 from vdd_bench.errors import DataError

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from click.testing import CliRunner
+from vdd_bench.tasks.decathlon import DECATHLON
 
-from tasks.decathlon import DECATHLON
 from vdd_bench.cli import main
 from vdd_bench.reference import published_rows
 

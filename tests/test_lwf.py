@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from method_helpers import ToyEnv, make_toy_env
+from vdd_bench.tasks.generic import native_resolution
 
-from tasks.generic import native_resolution
 from vdd_bench.augment import augment_batch, make_spec
 from vdd_bench.backbones import load_checkpoint
 from vdd_bench.cache import load_split_images

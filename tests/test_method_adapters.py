@@ -15,9 +15,9 @@ from method_helpers import (
     run_method,
     train_steps,
 )
+from vdd_bench.methods.adapters_parallel import ParallelAdapter
+from vdd_bench.methods.adapters_series import SeriesAdapter
 
-from methods.adapters_parallel import ParallelAdapter
-from methods.adapters_series import SeriesAdapter
 from vdd_bench.accounting import count_macs
 
 # zero-initialised adapters: a short run on a narrow network cannot recover from the random start

@@ -18,8 +18,8 @@ from method_helpers import (
     train_steps,
     trained_model,
 )
+from vdd_bench.methods.dan import ControlledConv
 
-from methods.dan import ControlledConv
 from vdd_bench.accounting import count_macs
 from vdd_bench.backbones import build_backbone
 from vdd_bench.method import get_method

@@ -19,8 +19,8 @@ from method_helpers import (
     train_steps,
     trained_model,
 )
+from vdd_bench.methods.piggyback import BinaryMaskedLayer, load_task, save_task
 
-from methods.piggyback import BinaryMaskedLayer, load_task, save_task
 from vdd_bench.accounting import count_macs, parameter_split
 from vdd_bench.backbones import build_backbone
 

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from method_helpers import random_context, train_steps
 from torch import nn
+from vdd_bench.methods._nettailor_graph import MAIN, PROXY, TailoredNet, choose_paths, exclude, proxy_stride
 
-from methods._nettailor_graph import MAIN, PROXY, TailoredNet, choose_paths, exclude, proxy_stride
 from vdd_bench.accounting import count_macs, count_parameters
 from vdd_bench.backbones import Backbone, BackboneSpec, build_backbone
 from vdd_bench.errors import VddError
@@ -262,7 +262,8 @@ def test_proxies_match_the_blocks_at_odd_resolutions(size: int) -> None:
 def test_a_candidate_that_learned_nothing_is_never_within_the_tolerance(tmp_path: Path) -> None:
     """A network at chance, or at the share of the most common val class (one that predicts one class), is
     not "within the tolerance" even of a teacher as bad; a real one close to the teacher is."""
-    from methods.nettailor import select
+    from vdd_bench.methods.nettailor import select
+
     from vdd_bench.method import TaskContext
 
     def fake_run(name: str, val_acc: float, majority: float | None = None, kept: int = 12) -> Path:

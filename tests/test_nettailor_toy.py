@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import pytest
 from method_helpers import ToyEnv, make_toy_env, run_method
+from vdd_bench.methods.nettailor import load_tailored
 
-from methods.nettailor import load_tailored
 from vdd_bench.accounting import count_macs, count_parameters
 from vdd_bench.architectures import render_architectures
 from vdd_bench.runner import execute, plan_run

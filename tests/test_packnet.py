@@ -135,7 +135,7 @@ def test_a_resumed_chain_keeps_the_first_task_bitwise(
 
 def test_pruning_reads_weights_in_their_logical_order_whatever_the_memory_layout() -> None:
     """A GPU run converts the model to channels_last; pruning must free the same weights as in NCHW."""
-    from methods.packnet import PackedConv
+    from vdd_bench.methods.packnet import PackedConv
 
     torch.manual_seed(0)
     layouts = [PackedConv(torch.nn.Conv2d(4, 6, 3)) for _ in range(2)]

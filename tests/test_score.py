@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import pytest
+from vdd_bench.tasks.decathlon import OFFICIAL_ORDER
 
-from tasks.decathlon import OFFICIAL_ORDER
 from vdd_bench.errors import VddError
 from vdd_bench.reference import published_rows
 from vdd_bench.score import decathlon_score, official_baselines, score_predictions, task_score

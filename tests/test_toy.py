@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-
-from tasks.toy import (
+from vdd_bench.tasks.toy import (
     TOY_DESCRIPTIONS,
     TOY_INFO_DESCRIPTION,
     TOY_MARKER,

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tasks.generic import task_facts
 from vdd_bench.errors import VddError
+from vdd_bench.tasks.generic import task_facts
 
 RECIPES = ("residual_adapters", "nettailor")
 _NETTAILOR_PADDED = ("aircraft", "cifar100", "daimlerpedcls", "gtsrb")

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from tasks.decathlon import DECATHLON, OFFICIAL_ORDER
 from vdd_bench.errors import DataError
+from vdd_bench.tasks.decathlon import DECATHLON, OFFICIAL_ORDER
 
 SPLITS = ("train", "val", "test")
 TOY_DESCRIPTION = "vdd-bench toy decathlon"
@@ -422,7 +422,7 @@ def order_tasks(names: list[str], kind: str) -> list[str]:
         return [n for n in OFFICIAL_ORDER if n in names]
     if kind == "toy":
         try:
-            order = list(importlib.import_module("tasks.toy").TOY_TASKS)
+            order = list(importlib.import_module("vdd_bench.tasks.toy").TOY_TASKS)
         except (ImportError, AttributeError):
             return names
         return [n for n in order if n in names] + [n for n in names if n not in order]

@@ -90,7 +90,7 @@ def _data_root(options: BenchOptions, tmp: Path) -> Path:
 
 def _toy(tmp: Path) -> Path:
     """The toy benchmark, generated once per `vdd bench` (its marker makes a second call free)."""
-    from tasks.toy import generate_toy
+    from vdd_bench.tasks.toy import generate_toy
 
     return generate_toy(tmp.parent / "toy")
 
@@ -346,8 +346,8 @@ def _nettailor_records(results: Path | None) -> list[dict[str, Any]]:
 def random_student(spec, size: int, remove_blocks: int, classes: int = 10) -> torch.nn.Module:
     """A NetTailor student pruned for real with random attention logits (fixed seed) standing in for trained
     ones: timing does not depend on the weights."""
-    from methods._nettailor_graph import TailoredNet, choose_paths, parse_skips
     from vdd_bench.backbones import build_backbone
+    from vdd_bench.methods._nettailor_graph import TailoredNet, choose_paths, parse_skips
 
     torch.manual_seed(0)
     model = TailoredNet(build_backbone(spec, classes), parse_skips("3"), size, "backbone")
@@ -362,8 +362,8 @@ def at_decathlon_scale(model: Any, classes: int = 10) -> tuple[Any, Any, int]:
     """A tailored network's architecture (its kept blocks and proxies) on ResNet-26 at width 1 and 64 px
     with random weights, the full network of that size, and the input size: what the architecture of a
     small run costs at the decathlon's scale (timing does not depend on the weights)."""
-    from methods._nettailor_graph import TailoredNet
     from vdd_bench.backbones import BackboneSpec, build_backbone
+    from vdd_bench.methods._nettailor_graph import TailoredNet
 
     spec, size = BackboneSpec("resnet26", width=1.0), 64
     torch.manual_seed(0)

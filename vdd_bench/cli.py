@@ -768,6 +768,6 @@ def data_pack(
 @click.option("--seed", type=int, default=0, show_default=True)
 def data_toy(out: Path, seed: int) -> None:
     """Write the toy decathlon (the embedded default) in the official format."""
-    from tasks.toy import generate_toy
+    from vdd_bench.tasks.toy import generate_toy
 
     click.echo(str(generate_toy(out, seed)))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.toy import TOY_RESOLUTION, TOY_SOURCE, generate_toy
 from vdd_bench.backbones import BackboneSpec
 from vdd_bench.benchmark import Benchmark
 from vdd_bench.cache import default_cache_path, pack
@@ -23,6 +22,7 @@ from vdd_bench.pretrain import PretrainPlan, pretrain
 from vdd_bench.store import RunStore
 from vdd_bench.sweep import SweepSpec
 from vdd_bench.tables import render_groups
+from vdd_bench.tasks.toy import TOY_RESOLUTION, TOY_SOURCE, generate_toy
 
 # A ResNet-26 at width 0.125 and schedules shrunk so that the whole demo takes a few minutes on 2 CPU cores:
 # the methods' published recipes scaled by TOY_EPOCH_SCALE (120 -> 2 epochs for the SGD recipe; at least 1

@@ -26,7 +26,7 @@ from vdd_bench.config import Planner, RunRequest, TaskPlanner
 from vdd_bench.errors import VddError
 from vdd_bench.registry import Registry
 
-METHODS: Registry[type[Method]] = Registry("method", "methods", "vdd_bench.methods")
+METHODS: Registry[type[Method]] = Registry("method", "vdd_bench.methods", "vdd_bench.methods")
 register_method = METHODS.register
 
 # The residual-adapters recipe (Rebuffi et al., srebuffi/residual_adapters) shared by the baselines: SGD,

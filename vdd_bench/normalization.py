@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.generic import native_resolution, task_facts
 from vdd_bench.benchmark import Benchmark
 from vdd_bench.cache import default_cache_path, load_split_images
 from vdd_bench.errors import DataError
 from vdd_bench.store import atomic_write_json
+from vdd_bench.tasks.generic import native_resolution, task_facts
 
 Triple = tuple[float, float, float]
 _CHUNK = 512  # images per accumulation step, so a large task never needs a float copy of all its pixels

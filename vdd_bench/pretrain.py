@@ -14,7 +14,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tasks.generic import source_task
 from vdd_bench.backbones import build_backbone, save_checkpoint
 from vdd_bench.config import RunRequest, RunSettings
 from vdd_bench.device import Device
@@ -22,6 +21,7 @@ from vdd_bench.distributed import Distributed, check_batch, spawn
 from vdd_bench.errors import VddError
 from vdd_bench.runner import execute, finish_run, load_run_model, open_run, plan_run, train_run
 from vdd_bench.store import RunStore
+from vdd_bench.tasks.generic import source_task
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,13 @@
-"""Published decathlon results shipped with the repository (``results/reference/published.json``)."""
+"""Published decathlon results shipped with the package (``vdd_bench/published.json``, package data)."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from importlib.resources import files
 
 from vdd_bench.errors import VddError
 
-PUBLISHED_PATH = Path(__file__).resolve().parent.parent / "results" / "reference" / "published.json"
+PUBLISHED_PATH = files("vdd_bench") / "published.json"
 
 
 def published_rows() -> list[dict]:

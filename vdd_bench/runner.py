@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from tasks.generic import native_resolution, source_task, task_facts
 from vdd_bench.accounting import count_macs
 from vdd_bench.augment import AugmentSpec, geometry, make_spec
 from vdd_bench.backbones import BackboneSpec, load_checkpoint
@@ -32,6 +31,7 @@ from vdd_bench.method import METHODS, Method, TaskContext, get_method
 from vdd_bench.normalization import task_mean_std
 from vdd_bench.safeload import load_tensors
 from vdd_bench.store import RunStore, atomic_write_bytes
+from vdd_bench.tasks.generic import native_resolution, source_task, task_facts
 
 MODEL_FORMAT = "vdd-model/1"  # model.pt: the final weights (+ the structure a method's surgery left)
 _FINGERPRINTS: dict[tuple[str, int, int], str] = {}

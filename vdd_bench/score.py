@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 
-from tasks.decathlon import DECATHLON, OFFICIAL_ORDER
 from vdd_bench.errors import VddError
+from vdd_bench.tasks.decathlon import DECATHLON, OFFICIAL_ORDER
 
 # A perfect baseline leaves no error to scale by (Emax = 0). Benchmarks scored against their own
 # fine-tuning runs (anything but the real decathlon) count accuracies above this as this, for the run and

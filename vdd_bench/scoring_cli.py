@@ -8,9 +8,9 @@ from typing import Any
 
 from tabulate import tabulate
 
-from tasks.decathlon import DECATHLON, OFFICIAL_ORDER
 from vdd_bench.errors import VddError
 from vdd_bench.score import MAX_SCORED_ACC, decathlon_score, official_baselines, score_predictions
+from vdd_bench.tasks.decathlon import DECATHLON, OFFICIAL_ORDER
 
 _BY_SHORT = {facts.short.lower(): name for name, facts in DECATHLON.items()}
 

@@ -19,10 +19,10 @@ from typing import Any
 
 from tabulate import tabulate
 
-from tasks.decathlon import DECATHLON
 from vdd_bench.chains import ChainResult
 from vdd_bench.errors import VddError
 from vdd_bench.leaderboard import FORMATS, Group, Row, row_mean, row_mean_std
+from vdd_bench.tasks.decathlon import DECATHLON
 
 MISSING = "missing"
 NONE = "–"

@@ -18,7 +18,6 @@ from typing import Any
 
 from PIL import Image
 
-from tasks.decathlon import DECATHLON, NATIVE_RESOLUTION
 from vdd_bench.benchmark import (
     SPLITS,
     Benchmark,
@@ -35,6 +34,7 @@ from vdd_bench.benchmark import (
 from vdd_bench.cache import FORMAT, SIZES_DIGEST
 from vdd_bench.errors import DataError
 from vdd_bench.images import files_digest, image_paths
+from vdd_bench.tasks.decathlon import DECATHLON, NATIVE_RESOLUTION
 
 _ID_BASE = 10**7
 _SPLIT_OFFSET = {"train": 0, "val": 100_000, "test": 200_000}
