@@ -19,7 +19,6 @@ from torch import Tensor, nn
 from vdd_bench.tasks.generic import native_resolution
 from vdd_bench.tasks.toy import TOY_SOURCE, generate_toy
 
-from vdd_bench.augment import make_spec
 from vdd_bench.backbones import BackboneSpec, build_backbone, load_checkpoint
 from vdd_bench.benchmark import Benchmark
 from vdd_bench.cache import load_split_images
@@ -27,9 +26,8 @@ from vdd_bench.config import RunSettings
 from vdd_bench.device import pick_device
 from vdd_bench.engine import make_optimizer, predict
 from vdd_bench.method import METHODS, TaskContext, get_method, resolve_hparams
-from vdd_bench.normalization import task_mean_std
 from vdd_bench.pretrain import PretrainPlan, pretrain
-from vdd_bench.runner import execute, plan_run
+from vdd_bench.runner import execute, plan_run, task_transform
 from vdd_bench.store import RunStore
 
 # Seven-segment digits among distractors: the frozen features leave it far from solved (about 35% of 10
@@ -125,9 +123,7 @@ def predict_test_split(env: ToyEnv, model: nn.Module, task: str = TOY_TASK) -> n
     """Predicted classes of the task's test images, through the runner's own evaluation path."""
     split = env.bench.split(task, "test")
     size = native_resolution(env.bench)
-    train = load_split_images(env.bench, env.bench.split(task, "train"), size)
-    mean, std = task_mean_std(env.bench, task, train, env.results)
-    augment = make_spec("residual_adapters", task, size, mean, std)
+    augment = task_transform(env.bench, task, size, "residual_adapters", env.results)
     images = torch.from_numpy(load_split_images(env.bench, split, size))
     return predict(model, images, augment, pick_device("cpu"))
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vdd_bench.augment import AugmentSpec, make_spec
+from vdd_bench.augment import AugmentSpec
 from vdd_bench.backbones import BackboneSpec, build_backbone, load_checkpoint
 from vdd_bench.benchmark import Benchmark
 from vdd_bench.chains import setting
@@ -39,8 +39,7 @@ from vdd_bench.device import Device
 from vdd_bench.engine import predict
 from vdd_bench.errors import VddError
 from vdd_bench.method import METHODS, Method, TaskContext, coerce, get_method
-from vdd_bench.normalization import task_mean_std
-from vdd_bench.runner import file_fingerprint, load_run_model
+from vdd_bench.runner import file_fingerprint, load_run_model, task_transform
 from vdd_bench.safeload import load_tensors
 from vdd_bench.store import RunStore, atomic_write_bytes
 
@@ -195,8 +194,7 @@ def _find_backbone(results: Path, fingerprint: str, given: Path | None) -> Path:
 
 def _augment(bench: Benchmark, config: dict[str, Any], results: Path) -> AugmentSpec:
 
-    mean, std = task_mean_std(bench, config["task"], None, results)
-    return make_spec(config["recipe"], config["task"], config["resolution"], mean, std)
+    return task_transform(bench, config["task"], config["resolution"], config["recipe"], results)
 
 
 @dataclass

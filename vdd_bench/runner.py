@@ -161,19 +161,28 @@ def task_images(bench: Benchmark, task: str, split: str, size: int, recipe: str,
     return load_split_images(bench, bench.split(task, split), size, cache if cache.exists() else None, shape)
 
 
+def task_transform(
+    bench: Benchmark, task: str, size: int, recipe: str, results: Path, train: np.ndarray | None = None
+) -> AugmentSpec:
+    """The recipe's transform for a task, normalised with its mean/std: official, cached in the results
+    folder, or computed once from its training images (`train`, when already loaded, else read then)."""
+    mean, std = task_mean_std(bench, task, train, results)
+    return make_spec(recipe, task, size, mean, std)
+
+
 def load_task_data(bench: Benchmark, config: RunConfig, results: Path) -> TaskData:
     """Every split of the run's task, the training set of its protocol and the recipe's transform."""
     size = config.resolution
     splits = {name: bench.split(config.task, name) for name in ("train", "val", "test")}
     images = {name: task_images(bench, config.task, name, size, config.recipe, results) for name in splits}
-    mean, std = task_mean_std(bench, config.task, images["train"], results)
     fit = ["train", "val"] if config.protocol == "trainval" else ["train"]
     train = LabelledImages(
         # one split is used in place (a memory-mapped cache is not copied); train+val is joined once
         images=images[fit[0]] if len(fit) == 1 else np.concatenate([images[n] for n in fit]),
         labels=torch.from_numpy(np.concatenate([splits[n].labels for n in fit])),
     )
-    return TaskData(splits, images, train, make_spec(config.recipe, config.task, size, mean, std))
+    augment = task_transform(bench, config.task, size, config.recipe, results, images["train"])
+    return TaskData(splits, images, train, augment)
 
 
 def evaluate(

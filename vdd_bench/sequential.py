@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vdd_bench.augment import AugmentSpec, make_spec
+from vdd_bench.augment import AugmentSpec
 from vdd_bench.backbones import Backbone, BackboneSpec, build_backbone, load_weights
 from vdd_bench.benchmark import Benchmark
 from vdd_bench.chains import CHAIN_PREDICTIONS_FILE, CONTINUAL_FILE, PREVIOUS
@@ -28,8 +28,7 @@ from vdd_bench.device import Device, pick_device
 from vdd_bench.engine import predict
 from vdd_bench.errors import VddError
 from vdd_bench.method import METHODS, Method, TaskContext, get_method, pretrained_backbone
-from vdd_bench.normalization import task_mean_std
-from vdd_bench.runner import load_run_model, task_images
+from vdd_bench.runner import load_run_model, task_images, task_transform
 from vdd_bench.store import RunStore, atomic_write_bytes, atomic_write_json
 
 CONTINUAL_FORMAT = "vdd-continual/1"
@@ -133,10 +132,9 @@ class EvalSplit:
 
 def eval_split(bench: Benchmark, task: str, split: str, size: int, recipe: str, results: Path) -> EvalSplit:
     """A task's images of one split with the recipe's test-time transform, as the runner evaluates them."""
-    train = task_images(bench, task, "train", size, recipe, results)
-    mean, std = task_mean_std(bench, task, train, results)
     images = torch.from_numpy(task_images(bench, task, split, size, recipe, results))
-    return EvalSplit(images, bench.split(task, split).labels, make_spec(recipe, task, size, mean, std))
+    augment = task_transform(bench, task, size, recipe, results)
+    return EvalSplit(images, bench.split(task, split).labels, augment)
 
 
 def step_model(results: Path, run_id: str) -> tuple[SequentialMethod, nn.Module, dict[str, Any]]:
