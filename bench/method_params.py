@@ -10,7 +10,6 @@ training) and ends its phase (Piggyback's binarisation, DAN's materialised weigh
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 from typing import Any
@@ -20,6 +19,7 @@ from tabulate import tabulate
 
 from vdd_bench.accounting import count_macs, count_parameters, parameter_split
 from vdd_bench.backbones import BackboneSpec, build_backbone
+from vdd_bench.bench.common import network_parser
 from vdd_bench.engine import make_optimizer
 from vdd_bench.method import METHODS, TaskContext, get_method, resolve_hparams
 
@@ -71,10 +71,7 @@ def account(method_name: str, spec: BackboneSpec, size: int, classes: int = 100)
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="resnet26")
-    parser.add_argument("--width", type=float, default=1.0)
-    parser.add_argument("--size", type=int, default=64)
+    parser = network_parser(__doc__.splitlines()[0])
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--methods", default=",".join(METHOD_NAMES))
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -10,21 +10,17 @@ and timed against the full network (the fine-tuned teacher's architecture) on th
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
 from vdd_bench.accounting import count_macs
 from vdd_bench.backbones import BackboneSpec, build_backbone
-from vdd_bench.benchmarks import random_student
+from vdd_bench.bench.common import network_parser
+from vdd_bench.bench.tailored import random_student
 from vdd_bench.latency import median_forward_seconds
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="resnet26")
-    parser.add_argument("--width", type=float, default=1.0)
-    parser.add_argument("--size", type=int, default=64)
+    parser = network_parser(__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--remove", default="0,2,4,6,8,10", help="k values: pre-trained blocks removed")

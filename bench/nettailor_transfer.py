@@ -30,26 +30,24 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=Path("results"))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    records = [r for r in RunStore(args.results).done_records() if r["config"]["seed"] == args.seed]
-    by_id = {r["run_id"]: r for r in records}
+    records = [r for r in RunStore(args.results).done_records() if r.seed == args.seed]
+    by_id = {r.run_id: r for r in records}
     features = {  # (benchmark, task) -> the frozen feature extractor's test accuracy
-        (r["config"]["benchmark"], r["task"]): r["metrics"]["test_acc"]
-        for r in records
-        if r["method"] == "feature"
+        (r.config.benchmark, r.task): r.accuracy("test") for r in records if r.method == "feature"
     }
     rows, columns = [], defaultdict(list)
-    for r in sorted(records, key=lambda r: r["task"]):
-        report = r.get("method_report", {})
-        if r["method"] != "nettailor" or "chosen" not in report or report.get("refit"):
+    for r in sorted(records, key=lambda r: r.task):
+        report = r.method_report
+        if r.method != "nettailor" or "chosen" not in report or report.get("refit"):
             continue
-        bench, task = r["config"]["benchmark"], r["task"]
-        teacher = by_id[r["config"]["inputs"]["teacher"]]
-        student = by_id[r["config"]["inputs"]["student"]]
+        bench, task = r.config.benchmark, r.task
+        teacher = by_id[r.config.inputs["teacher"]]
+        student = by_id[r.config.inputs["student"]]
         feature = features.get((bench, task))
-        gap = teacher["metrics"]["test_acc"] - feature if feature is not None else None
-        attention = mean(b["alphas"]["main"] for b in student["method_report"]["blocks"])
-        val, tolerance = r["metrics"]["val_acc"], r["config"]["hparams"]["tolerance"]
-        macs = r["accounting"]["macs"] / teacher["accounting"]["macs"]
+        gap = teacher.accuracy("test") - feature if feature is not None else None
+        attention = mean(b["alphas"]["main"] for b in student.method_report["blocks"])
+        val, tolerance = r.accuracy("val"), r.config.hparams["tolerance"]
+        macs = r.accounting.macs / teacher.accounting.macs
         rows.append(
             [
                 task,
@@ -61,7 +59,7 @@ def main() -> None:
                 f"{val:.1f} / {report['teacher_val_acc']:.1f} / {report['student_val_acc']:.1f}",
                 "yes" if report["within_tolerance"] else "no",
                 "yes" if val >= report["student_val_acc"] - tolerance else "no",
-                f"{r['metrics']['test_acc']:.2f} / {teacher['metrics']['test_acc']:.2f} / "
+                f"{r.accuracy('test'):.2f} / {teacher.accuracy('test'):.2f} / "
                 + ("-" if feature is None else f"{feature:.2f}"),
             ]
         )

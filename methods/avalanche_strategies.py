@@ -45,6 +45,7 @@ from vdd_bench.config import RunRequest
 from vdd_bench.device import Device
 from vdd_bench.errors import VddError
 from vdd_bench.method import METHODS, TaskContext, pretrained_backbone, register_method
+from vdd_bench.record import RunRecord
 from vdd_bench.runner import finish_run, open_run
 from vdd_bench.safeload import load_tensors
 from vdd_bench.sequential import SequentialMethod, eval_split
@@ -182,7 +183,7 @@ class AvalancheStrategy(SequentialMethod):
         device: Device,
         progress: bool,
         on_epoch_end: Callable[[int, int], None] | None,
-    ) -> dict[str, Any]:
+    ) -> RunRecord:
         """One experience in Avalanche's loop, then the runner's evaluation, accounting and record."""
         import avalanche.training
         from avalanche.training.plugins import EvaluationPlugin

@@ -21,7 +21,6 @@ paper's are presets. docs/fidelity.md gives the source of every value; docs/nett
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -44,8 +43,10 @@ from vdd_bench.config import Planner, RunRequest
 from vdd_bench.errors import VddError
 from vdd_bench.latency import interleaved_median_seconds
 from vdd_bench.method import Method, Phase, TaskContext, pretrained_backbone, register_method
+from vdd_bench.record import RunRecord
 from vdd_bench.runner import load_run_model
 from vdd_bench.score import accuracy_floor, learned_nothing
+from vdd_bench.store import read_record
 
 # The teacher: the authors' teacher script for the wide ResNet-26 (main_teacher.py; the decathlon teacher
 # script their README names was never published): 90 epochs, lr 0.01 x0.1 every 30, batch 256, wd 5e-4.
@@ -336,7 +337,7 @@ class NetTailor(_TailoredMethod):
     def report(self, model: nn.Module, ctx: TaskContext) -> dict[str, Any]:
         if not self._refit(ctx):
             return {**select(ctx), **architecture(model)}
-        chosen = _record(ctx.inputs["selection"])["method_report"]
+        chosen = _record(ctx.inputs["selection"]).method_report
         facts = {k: chosen[k] for k in SELECTION_FACTS}
         return {**facts, **architecture(model), "refit": True, "selection_run": ctx.inputs["selection"].name}
 
@@ -347,8 +348,8 @@ class NetTailor(_TailoredMethod):
         return {TIMING_KEY: speed(model, teacher, ctx.input_size)}
 
 
-def _record(folder: Path) -> dict[str, Any]:
-    return json.loads((folder / "record.json").read_text())
+def _record(folder: Path) -> RunRecord:
+    return read_record(str(folder / "record.json"))
 
 
 SELECTION_FACTS = ("teacher_val_acc", "student_val_acc", "candidates", "chosen", "within_tolerance")
@@ -358,7 +359,7 @@ def select(ctx: TaskContext) -> dict[str, Any]:
     """Every candidate's facts and the choice: fewest MACs (then parameters) within the tolerance of the
     teacher's validation accuracy and above chance; when none is, the most accurate one, and the record
     says so."""
-    teacher_acc = _record(ctx.inputs["teacher"])["metrics"]["val_acc"]
+    teacher_acc = _record(ctx.inputs["teacher"]).accuracy("val")
     if teacher_acc is None:
         raise VddError("nettailor selects on validation accuracy: the teacher has none (is val labelled?)")
     candidates = []
@@ -367,16 +368,16 @@ def select(ctx: TaskContext) -> dict[str, Any]:
         candidates.append(
             {
                 "remove_blocks": k,
-                "kept_blocks": record["method_report"]["kept_blocks"],
-                "kept_proxies": record["method_report"]["kept_proxies"],
-                "kept_one_path": record["method_report"].get("kept_one_path", []),
-                "params_total": record["accounting"]["params_total"],
-                "params_task": record["accounting"]["params_task"],
-                "macs": record["accounting"]["macs"],
-                "val_acc": record["metrics"]["val_acc"],
+                "kept_blocks": record.method_report["kept_blocks"],
+                "kept_proxies": record.method_report["kept_proxies"],
+                "kept_one_path": record.method_report.get("kept_one_path", []),
+                "params_total": record.accounting.params_total,
+                "params_task": record.accounting.params_task,
+                "macs": record.accounting.macs,
+                "val_acc": record.accuracy("val"),
                 "learned_nothing": learned_nothing(
-                    record["metrics"]["val_acc"],
-                    accuracy_floor(record["num_classes"], record["metrics"].get("val_majority_acc")),
+                    record.accuracy("val"),
+                    accuracy_floor(record.num_classes, record.metrics.get("val_majority_acc")),
                 ),
             }
         )
@@ -393,7 +394,7 @@ def select(ctx: TaskContext) -> dict[str, Any]:
         chosen = max(candidates, key=lambda c: (c["val_acc"], -c["macs"]))
     return {
         "teacher_val_acc": teacher_acc,
-        "student_val_acc": _record(ctx.inputs["student"])["metrics"]["val_acc"],
+        "student_val_acc": _record(ctx.inputs["student"]).accuracy("val"),
         "candidates": candidates,
         "chosen": chosen["remove_blocks"],
         "within_tolerance": bool(good),

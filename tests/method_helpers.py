@@ -27,6 +27,7 @@ from vdd_bench.device import pick_device
 from vdd_bench.engine import make_optimizer, predict
 from vdd_bench.method import METHODS, TaskContext, get_method, resolve_hparams
 from vdd_bench.pretrain import PretrainPlan, pretrain
+from vdd_bench.record import RunRecord
 from vdd_bench.runner import execute, plan_run, task_transform
 from vdd_bench.store import RunStore
 
@@ -55,7 +56,7 @@ class ToyEnv:
 
 @dataclass(frozen=True)
 class Run:
-    record: dict[str, Any]
+    record: RunRecord
     folder: Path
     ctx: TaskContext
 
@@ -66,7 +67,7 @@ class Run:
     @property
     def held_out_acc(self) -> float:
         """Mean of validation and test accuracy (the toy task's 200 held-out images)."""
-        metrics = self.record["metrics"]
+        metrics = self.record.metrics
         return (metrics["val_acc"] + metrics["test_acc"]) / 2
 
 
@@ -98,7 +99,7 @@ def run_method(env: ToyEnv, method: str, overrides: dict[str, Any], task: str = 
         pretrained=pretrained,
         pretrained_classes=pretrained["classifier.weight"].shape[0],
         hparams=config.hparams,
-        input_size=record["accounting"]["input_size"],
+        input_size=record.accounting.input_size,
         inputs={name: RunStore(env.results).run_dir(run_id) for name, run_id in config.inputs.items()},
     )
     return Run(record, RunStore(env.results).run_dir(config.run_id), ctx)
@@ -107,12 +108,12 @@ def run_method(env: ToyEnv, method: str, overrides: dict[str, Any], task: str = 
 def initial_model(run: Run) -> nn.Module:
     """The model the run started from (the runner seeds with the run's seed, 0 here, before ``build``)."""
     torch.manual_seed(0)
-    return get_method(run.record["method"]).build(run.ctx)
+    return get_method(run.record.method).build(run.ctx)
 
 
 def trained_model(run: Run) -> nn.Module:
     """The run's final model, rebuilt from ``model.pt`` (with the structure its method's surgery left)."""
-    method = get_method(run.record["method"])
+    method = get_method(run.record.method)
     payload = torch.load(run.folder / "model.pt", map_location="cpu", weights_only=True)
     model = method.restore_structure(method.build(run.ctx), payload["structure"], run.ctx)
     model.load_state_dict(payload["model"])

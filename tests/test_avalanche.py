@@ -72,7 +72,7 @@ def test_an_avalanche_strategy_runs_as_a_chain_and_lands_in_the_leaderboard(
     requests = plan_chain(env.settings, method, ORDER, {"epochs": 1, "batch_size": 32})
     result = run_chain(requests, env.results, progress=False)
     assert result.tasks == ORDER and all(v is not None for v in result.final.values())
-    records = [r for r in RunStore(env.results).done_records() if r["method"] == method]
+    records = [r for r in RunStore(env.results).done_records() if r.method == method]
     [group] = [g for g in build_groups(records)]
     [row] = group.rows
     assert set(row.accs) == set(ORDER)

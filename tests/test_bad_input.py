@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner, Result
+from record_helpers import make_record
 
 from vdd_bench.backbones import CHECKPOINT_FORMAT, BackboneSpec, build_backbone, save_checkpoint
 from vdd_bench.cli import main
@@ -357,7 +358,7 @@ def test_a_done_run_with_an_unreadable_record_is_refused_not_skipped(tmp_path: P
         resolution=36,
     )  # fmt: skip
     store.start(config)
-    store.finish(config, {"metrics": {"test_acc": 50.0}})
+    store.finish(make_record(config, {"test_acc": 50.0}))
     record = store.run_dir(config.run_id) / "record.json"
     record.write_text(record.read_text()[:40])  # a damaged disk: done, but the record cut short
     for read in (lambda: list(store.done_records()), lambda: store.record(config.run_id)):

@@ -2,37 +2,37 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from vdd_bench.chains import chain_ends, with_final_accuracies
+from vdd_bench.config import RunConfig
 from vdd_bench.leaderboard import build_groups
+from vdd_bench.record import Accounting, BenchmarkInfo, RunRecord
 
 
-def step(run_id: str, task: str, acc: float, previous: str | None, final: dict[str, float] | None = None):
-    config = {
-        "benchmark": "b",
-        "task": task,
-        "method": "lwf",
-        "hparams": {},
-        "backbone": {"name": "resnet26", "width": 0.25, "stem_relu": False, "checkpoint": "c"},
-        "resolution": 36,
-        "recipe": "residual_adapters",
-        "protocol": "train",
-        "seed": 0,
-        "inputs": {"previous": previous} if previous else {},
-        "extra": {},
-    }
-    record = {
-        "run_id": run_id,
-        "task": task,
-        "method": "lwf",
-        "config": config,
-        "chain_step": True,
-        "benchmark": {"kind": "custom", "name": "b", "fingerprint": "b", "tasks": ["x", "y", "z"]},
-        "metrics": {"val_acc": acc, "test_acc": acc},
-        "accounting": {"params_total": 1, "params_task_equiv": 1, "macs": 1},
-    }
-    if final is not None:
-        record["continual"] = {"accuracy": {"val": final, "test": final}}
-    return record
+def step(
+    run_id: str, task: str, acc: float, previous: str | None, final: dict[str, float] | None = None
+) -> RunRecord:
+    config = RunConfig(
+        benchmark="b",
+        benchmark_kind="custom",
+        task=task,
+        method="lwf",
+        hparams={},
+        backbone={"name": "resnet26", "width": 0.25, "stem_relu": False, "checkpoint": "c"},
+        resolution=36,
+        inputs={"previous": previous} if previous else {},
+    )
+    return RunRecord(
+        run_id=run_id,
+        config=config,
+        benchmark=BenchmarkInfo("custom", "b", "b", ["x", "y", "z"]),
+        num_classes=10,
+        metrics={"val_acc": acc, "test_acc": acc},
+        accounting=Accounting(params_total=1, params_shared=0, params_task=1, params_task_equiv=1, macs=1),
+        chain_step=True,
+        continual=None if final is None else {"accuracy": {"val": final, "test": final}},
+    )
 
 
 def test_every_step_reads_the_end_of_the_longest_chain_that_continues_it() -> None:
@@ -41,11 +41,11 @@ def test_every_step_reads_the_end_of_the_longest_chain_that_continues_it() -> No
     c = step("c", "z", 60.0, "b", {"x": 30.0, "y": 40.0, "z": 60.0})
     branch = step("d", "z", 65.0, "a", {"x": 50.0, "z": 65.0})  # a second chain from the same first step
     ends = chain_ends([a, b, c, branch])
-    assert {k: v["run_id"] for k, v in ends.items()} == {"a": "c", "b": "c", "c": "c", "d": "d"}
-    final = {r["run_id"]: r for r in with_final_accuracies([a, b, c, branch])}
-    assert final["a"]["metrics"]["test_acc"] == 30.0 and final["a"]["metrics_at_step"]["test_acc"] == 90.0
-    assert final["b"]["metrics"]["val_acc"] == 40.0 and final["c"]["metrics"]["test_acc"] == 60.0
-    assert final["d"]["metrics"]["test_acc"] == 65.0 and final["a"]["chain_end"] == "c"
+    assert {k: v.run_id for k, v in ends.items()} == {"a": "c", "b": "c", "c": "c", "d": "d"}
+    final = {r.run_id: r for r in with_final_accuracies([a, b, c, branch])}
+    assert final["a"].metrics["test_acc"] == 30.0 and final["a"].metrics_at_step["test_acc"] == 90.0
+    assert final["b"].metrics["val_acc"] == 40.0 and final["c"].metrics["test_acc"] == 60.0
+    assert final["d"].metrics["test_acc"] == 65.0 and final["a"].chain_end == "c"
 
 
 def test_a_chain_whose_end_is_not_evaluated_has_no_accuracy_in_the_leaderboard() -> None:
@@ -54,5 +54,5 @@ def test_a_chain_whose_end_is_not_evaluated_has_no_accuracy_in_the_leaderboard()
     [group] = build_groups([a, b])
     [row] = group.rows
     assert row.accs == {}  # not the steps' own 90 and 80
-    [group] = build_groups([a, {**b, "continual": {"accuracy": {"test": {"x": 70.0, "y": 80.0}}}}])
+    [group] = build_groups([a, replace(b, continual={"accuracy": {"test": {"x": 70.0, "y": 80.0}}})])
     assert group.rows[0].accs == {"x": 70.0, "y": 80.0}

@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+from record_helpers import make_record
 
 from vdd_bench.config import RunConfig
-from vdd_bench.launchers import LocalLauncher
+from vdd_bench.local_launcher import LocalLauncher
 from vdd_bench.runner import RunRequest
 from vdd_bench.store import (
     CLAIM_FILE,
@@ -123,7 +124,7 @@ def test_a_run_another_process_finished_meanwhile_is_not_counted_as_completed_he
 ) -> None:
     import contextlib
 
-    import vdd_bench.launchers as launchers
+    import vdd_bench.local_launcher as launchers
     from vdd_bench.store import RunStore
 
     config = RunConfig("c" * 12, "toy", "shapes", "finetune", {}, {"checkpoint": None}, 36)
@@ -133,7 +134,7 @@ def test_a_run_another_process_finished_meanwhile_is_not_counted_as_completed_he
     @contextlib.contextmanager
     def claimed_after_the_other_finished(folder, is_live):
         store.start(config)  # the other sweep ran it while this one waited for its turn
-        store.finish(config, {"metrics": {}})
+        store.finish(make_record(config))
         yield
 
     monkeypatch.setattr(launchers, "claimed", claimed_after_the_other_finished)

@@ -16,22 +16,24 @@ import time
 from pathlib import Path
 
 from click.testing import CliRunner
+from record_helpers import make_record
 
 from vdd_bench.cli import main
 from vdd_bench.config import RunConfig
+from vdd_bench.record import BenchmarkInfo, RunRecord
 from vdd_bench.store import RunStore
 
 WRITERS = 24
 RUNS = 48
 TASKS = ["alpha", "beta", "gamma", "delta"]
-BENCH = {"fingerprint": "c0ffee00c0c0", "kind": "custom", "name": "custom-concurrency", "tasks": TASKS}
+BENCH = BenchmarkInfo("custom", "custom-concurrency", "c0ffee00c0c0", TASKS)
 BACKBONE = {"checkpoint": "0123456789ab", "name": "resnet26", "stem_relu": False, "width": 0.25}
 
 
 def config_of(index: int) -> RunConfig:
     """Run `index`: a task and a seed; 12 seeds of each of the 4 tasks."""
     return RunConfig(
-        benchmark=BENCH["fingerprint"],
+        benchmark=BENCH.fingerprint,
         benchmark_kind="custom",
         task=TASKS[index % len(TASKS)],
         method="finetune",
@@ -42,26 +44,15 @@ def config_of(index: int) -> RunConfig:
     )
 
 
-def record_of(index: int) -> dict:
+def record_of(index: int) -> RunRecord:
     """A complete record; the history makes it large enough (about 30 kB) for a torn read to be likely."""
-    return {
-        "benchmark": BENCH,
-        "task": config_of(index).task,
-        "method": "finetune",
-        "internal": False,
-        "num_classes": 10,
-        "metrics": {"test_acc": 50.0 + index / 4, "val_acc": 49.0 + index / 4},
-        "method_report": {},
-        "history": [{"phase": "train", "epoch": e, "lr": 0.1, "loss": 1.0 / (e + 1)} for e in range(400)],
-        "accounting": {
-            "params_total": 1000,
-            "params_task_equiv": 1000.0,
-            "params_task": 1000,
-            "params_shared": 0,
-            "macs": 10_000,
-        },
-        "timing": {"train_s": 1.0, "eval_s": 0.1},
-    }
+    return make_record(
+        config_of(index),
+        {"test_acc": 50.0 + index / 4, "val_acc": 49.0 + index / 4},
+        benchmark=BENCH,
+        history=[{"phase": "train", "epoch": e, "lr": 0.1, "loss": 1.0 / (e + 1)} for e in range(400)],
+        timing={"train_s": 1.0, "eval_s": 0.1},
+    )
 
 
 def writer(results: str, process: int) -> None:
@@ -72,7 +63,7 @@ def writer(results: str, process: int) -> None:
         config = config_of(index)
         store.start(config)
         time.sleep(rng.uniform(0.25, 1.0))  # "training"
-        store.finish(config, record_of(index))
+        store.finish(record_of(index))
 
 
 def test_concurrent_writers_and_readers_lose_nothing_and_count_nothing_twice(tmp_path: Path) -> None:
@@ -106,7 +97,7 @@ def test_concurrent_writers_and_readers_lose_nothing_and_count_nothing_twice(tmp
         states = json.loads(status.stdout)
         done = [s["run_id"] for s in states if s["state"] == "done"]
         assert len(done) == len(set(done)) <= RUNS
-        records = [r["run_id"] for r in RunStore(results).done_records()]
+        records = [r.run_id for r in RunStore(results).done_records()]
         assert len(records) == len(set(records)) <= RUNS
         assert counted <= RUNS and len(records) >= seen_done  # a finished run never disappears
         seen_done = len(records)
@@ -118,10 +109,10 @@ def test_concurrent_writers_and_readers_lose_nothing_and_count_nothing_twice(tmp
         assert process.exitcode == 0
     assert readings >= 3  # the folder was read while it was being written
     final = list(RunStore(results).done_records())
-    assert sorted(r["run_id"] for r in final) == sorted(config_of(i).run_id for i in range(RUNS))
+    assert sorted(r.run_id for r in final) == sorted(config_of(i).run_id for i in range(RUNS))
     for record in final:
-        index = next(i for i in range(RUNS) if config_of(i).run_id == record["run_id"])
-        assert record["metrics"] == record_of(index)["metrics"] and len(record["history"]) == 400
+        index = next(i for i in range(RUNS) if config_of(i).run_id == record.run_id)
+        assert record.metrics == record_of(index).metrics and len(record.history) == 400
     [group] = json.loads(
         cli.invoke(main, ["leaderboard", "--results", str(results), "--format", "json"]).output
     )

@@ -24,6 +24,7 @@ import torch
 from vdd_bench.backbones import BackboneSpec
 from vdd_bench.benchmark import Benchmark
 from vdd_bench.config import RunSettings
+from vdd_bench.record import RunRecord
 from vdd_bench.runner import RunRequest, plan_run
 from vdd_bench.store import RunStore
 
@@ -90,8 +91,8 @@ def attempt(request: RunRequest, results: Path, fault: str | None = None, log: P
     raise AssertionError(f"the run ended with status {status}:\n{text}")
 
 
-def comparable(record: dict) -> dict:
-    return {k: v for k, v in record.items() if k != "timing"}
+def comparable(record: RunRecord) -> dict:
+    return {k: v for k, v in record.to_json().items() if k != "timing"}
 
 
 def model_state(results: Path, run_id: str) -> dict[str, torch.Tensor]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -49,9 +50,9 @@ def test_the_leaderboard_of_the_golden_runs(fmt: str, suffix: str) -> None:
 
 def test_a_sweep_names_its_missing_runs_by_id() -> None:
     records = list(RunStore(GOLDEN).done_records())
-    bench = next(r["benchmark"] for r in records if r["benchmark"]["kind"] == "custom")
+    bench = next(r.benchmark for r in records if r.benchmark.kind == "custom")
     configs = [RunConfig.from_dict(c) for c in json.loads((GOLDEN / "expected_runs.json").read_text())]
-    expected = [Expected(c.run_id, c.to_dict(), bench, "vdd sweep --file sweep.yaml") for c in configs]
+    expected = [Expected(c, bench, "vdd sweep --file sweep.yaml") for c in configs]
     check("leaderboard-sweep.md", render_groups(build_groups(records, "test", expected), "markdown") + "\n")
 
 
@@ -74,18 +75,12 @@ def test_the_figures_of_the_golden_runs_render(tmp_path: Path) -> None:
 
 
 def test_a_teacher_run_is_not_the_baseline_when_a_complete_sweep_row_is_there() -> None:
-    records = [r for r in RunStore(GOLDEN).done_records() if r["benchmark"]["kind"] == "custom"]
+    records = [r for r in RunStore(GOLDEN).done_records() if r.benchmark.kind == "custom"]
     clones = []
     for record in records:
-        if record["method"] == "feature":  # a second complete fine-tuning row, read by no other run
-            config = {
-                **record["config"],
-                "method": "finetune",
-                "hparams": {**record["config"]["hparams"], "lr": 0.5},
-            }
-            clones.append(
-                {**record, "method": "finetune", "config": config, "run_id": record["run_id"] + "x"}
-            )
+        if record.method == "feature":  # a second complete fine-tuning row, read by no other run
+            config = replace(record.config, method="finetune", hparams={**record.config.hparams, "lr": 0.5})
+            clones.append(replace(record, config=config, run_id=record.run_id + "x"))
     for ordering in (records + clones, clones + records):
         [group] = build_groups(ordering)
         assert "baselines are this group's finetune [lr=0.5] accuracies" in group.baseline_note

@@ -74,7 +74,7 @@ def test_distillation_holds_the_old_head_and_forgetting_is_measured(env: ToyEnv)
         # the diagonal is what each step's own record measured right after learning its task
         for i, run_id in enumerate(result.run_ids):
             assert result.matrix[i][i] == pytest.approx(
-                RunStore(env.results).record(run_id)["metrics"]["test_acc"]
+                RunStore(env.results).record(run_id).metrics["test_acc"]
             )
     assert lwf.matrix[0][0] == plain.matrix[0][0]
     # measured here: LwF KL 0.09-0.30 and agreement 0.80-0.95, plain fine-tuning KL 0.64-3.2 and 0.16-0.60

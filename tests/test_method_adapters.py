@@ -43,8 +43,8 @@ def test_adapters_keep_the_backbone_train_the_adapters_and_beat_features(
     assert len(adapters) == 25 and all(changed(start[k], state[k]) for k in adapters)
     assert changed(pretrained["blocks.0.bn1.weight"], state["blocks.0.bn1.weight"])
     assert changed(pretrained["blocks.0.bn1.running_mean"], state["blocks.0.bn1.running_mean"])
-    assert run.record["accounting"]["params_task"] > 0
-    assert run.held_out_acc > feature.held_out_acc + 5, (run.record["metrics"], feature.record["metrics"])
+    assert run.record.accounting.params_task > 0
+    assert run.held_out_acc > feature.held_out_acc + 5, (run.record.metrics, feature.record.metrics)
 
 
 @pytest.mark.parametrize("backbone", ["resnet18", "resnet50"])

@@ -44,10 +44,10 @@ def test_dan_keeps_the_backbone_trains_the_controllers_and_beats_features(toy_en
     # BN: affine parameters shared with the backbone, running statistics the task's own
     assert torch.equal(pretrained["blocks.0.bn1.weight"], state["blocks.0.bn1.weight"])
     assert changed(pretrained["blocks.0.bn1.running_mean"], state["blocks.0.bn1.running_mean"])
-    assert run.held_out_acc > feature.held_out_acc + 5, (run.record["metrics"], feature.record["metrics"])
+    assert run.held_out_acc > feature.held_out_acc + 5, (run.record.metrics, feature.record.metrics)
     model = trained_model(run)
     plain = build_backbone(run.ctx.spec, run.ctx.num_classes)
-    assert run.record["accounting"]["macs"] == count_macs(plain, run.ctx.input_size)
+    assert run.record.accounting.macs == count_macs(plain, run.ctx.input_size)
     # the materialised weights (rebuilt on load) give the same outputs as recombining at every forward
     x = torch.randn(2, 3, run.ctx.input_size, run.ctx.input_size)
     fast = model(x)

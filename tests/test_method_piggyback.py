@@ -46,14 +46,14 @@ def test_piggyback_keeps_weights_and_bn_learns_masks_and_beats_features(toy_env:
     assert len(masks) == 25
     zeroed = sum(int((~m).sum()) for m in masks)
     assert 0 < zeroed < sum(m.numel() for m in masks) // 2
-    assert run.held_out_acc > feature.held_out_acc + 5, (run.record["metrics"], feature.record["metrics"])
+    assert run.held_out_acc > feature.held_out_acc + 5, (run.record.metrics, feature.record.metrics)
 
-    accounting = run.record["accounting"]
+    accounting = run.record.accounting
     plain = build_backbone(run.ctx.spec, run.ctx.num_classes)
-    assert accounting["macs"] == count_macs(plain, run.ctx.input_size)
+    assert accounting.macs == count_macs(plain, run.ctx.input_size)
     path = tmp_path / "digits.task"
     written = save_task(trained_model(run), path)
-    assert written == path.stat().st_size == accounting["task_bytes"]
+    assert written == path.stat().st_size == accounting.task_bytes
     loaded = load_task(path, run.ctx)
     recorded = np.load(run.folder / "predictions.npz")["test_pred"]
     np.testing.assert_array_equal(predict_test_split(toy_env, loaded), recorded)

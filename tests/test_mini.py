@@ -26,6 +26,6 @@ def test_a_run_on_real_grayscale_images_learns_and_scores_on_the_test_labels(
     assert (
         len(preds["test_pred"]) == 200 and (preds["test_labels"] >= 0).all()
     )  # labels from daimlerpedcls_test.json
-    assert record["metrics"]["test_acc"] == 100.0 * np.mean(preds["test_pred"] == preds["test_labels"])
-    assert record["metrics"]["test_acc"] > 50.0  # two classes: above chance after a few epochs
-    assert record["accounting"]["input_size"] == 32
+    assert record.metrics["test_acc"] == 100.0 * np.mean(preds["test_pred"] == preds["test_labels"])
+    assert record.metrics["test_acc"] > 50.0  # two classes: above chance after a few epochs
+    assert record.accounting.input_size == 32

@@ -11,13 +11,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 from method_helpers import random_context, train_steps
+from record_helpers import make_record
 from torch import nn
 from vdd_bench.methods._nettailor_graph import MAIN, PROXY, TailoredNet, choose_paths, exclude, proxy_stride
 
 from vdd_bench.accounting import count_macs, count_parameters
 from vdd_bench.backbones import Backbone, BackboneSpec, build_backbone
+from vdd_bench.config import RunConfig
 from vdd_bench.errors import VddError
 from vdd_bench.method import get_method
+from vdd_bench.record import Accounting
 
 
 def tiny_graph() -> TailoredNet:
@@ -270,10 +273,13 @@ def test_a_candidate_that_learned_nothing_is_never_within_the_tolerance(tmp_path
         folder = tmp_path / name
         folder.mkdir()
         metrics = {"val_acc": val_acc, **({"val_majority_acc": majority} if majority is not None else {})}
+        config = RunConfig("b", "custom", "t", name.replace("_", "-"), {}, {}, 32)
+        accounting = Accounting(
+            params_total=kept, params_shared=0, params_task=1, params_task_equiv=1.0, macs=kept
+        )
         report = {"kept_blocks": kept, "kept_proxies": 0}
-        accounting = {"params_total": kept, "params_task": 1, "macs": kept}
-        record = {"num_classes": 10, "metrics": metrics, "method_report": report, "accounting": accounting}
-        (folder / "record.json").write_text(json.dumps(record))
+        record = make_record(config, metrics, accounting=accounting, method_report=report)
+        (folder / "record.json").write_text(json.dumps(record.to_json()))
         return folder
 
     def choice(teacher: float, candidates: dict[int, tuple[float, float | None]]) -> dict:

@@ -55,13 +55,13 @@ def test_first_task_outputs_are_bitwise_unchanged_by_later_tasks(
         task_logits(env, env.results, last, ORDER[1]),
     )
     record = RunStore(env.results).record(last)
-    owned = record["method_report"]["weights_owned"]
+    owned = record.method_report["weights_owned"]
     assert owned["colors"] == pytest.approx(0.5, abs=0.01)  # prune_first frees half of the first task's
     assert owned["shapes"] == pytest.approx(0.5 * 0.25, abs=0.01)  # then 75% of each new task's
     # the chain's last task is not pruned (the authors' sequence): it keeps every free weight
     assert owned["digits"] == pytest.approx(1 - 0.5 - 0.125, abs=0.01)
-    assert record["method_report"]["weights_free"] == 0
-    assert [h["phase"] for h in record["history"]] == ["train"] * SHORT["epochs"]
+    assert record.method_report["weights_free"] == 0
+    assert [h["phase"] for h in record.history] == ["train"] * SHORT["epochs"]
 
 
 def bn_state(results: Path, run_id: str) -> dict[str, torch.Tensor]:
@@ -94,17 +94,17 @@ def test_accounting_counts_each_weight_once(env: ToyEnv, chain: list[RunRequest]
     conv_weights = sum(conv.layer.weight.numel() for conv in convs)
     records = [store.record(request.config.run_id) for request in chain]
     for k, record in enumerate(records, start=1):
-        acc, owned = record["accounting"], record["method_report"]["weights_owned"]
+        acc, owned = record.accounting, record.method_report["weights_owned"]
         own_weights = round(owned[ORDER[k - 1]] * conv_weights)
-        assert abs(acc["params_shared"] - sum(owned[t] for t in ORDER[: k - 1]) * conv_weights) < 2
-        assert acc["params_total"] == acc["params_shared"] + acc["params_task"]
-        assert acc["params_total"] < conv_weights + 5000  # the convs once, plus BN and a head
+        assert abs(acc.params_shared - sum(owned[t] for t in ORDER[: k - 1]) * conv_weights) < 2
+        assert acc.params_total == acc.params_shared + acc.params_task
+        assert acc.params_total < conv_weights + 5000  # the convs once, plus BN and a head
         # stored: its own weights, head (and the shared BN with its running statistics, which the first task
         # trained) in float32, a 1-bit mask of the convs
-        floats = acc["task_bytes"] - conv_weights / 8
-        assert 4 * acc["params_task"] <= floats < 4 * acc["params_task"] * 1.1
-        assert (floats > 4 * acc["params_task"]) == (k == 1)
-        assert acc["params_task"] >= own_weights
+        floats = acc.task_bytes - conv_weights / 8
+        assert 4 * acc.params_task <= floats < 4 * acc.params_task * 1.1
+        assert (floats > 4 * acc.params_task) == (k == 1)
+        assert acc.params_task >= own_weights
 
 
 def test_a_resumed_chain_keeps_the_first_task_bitwise(

@@ -231,7 +231,7 @@ def test_epoch_batches_stop_cleanly_when_the_consumer_does() -> None:
 def test_a_tailored_architecture_is_rebuilt_at_the_decathlon_scale() -> None:
     from vdd_bench.accounting import count_macs
     from vdd_bench.backbones import BackboneSpec
-    from vdd_bench.benchmarks import at_decathlon_scale, random_student
+    from vdd_bench.bench.tailored import at_decathlon_scale, random_student
 
     small = random_student(BackboneSpec("resnet26", width=0.25), 32, remove_blocks=6)
     scaled, full, size = at_decathlon_scale(small)

@@ -186,8 +186,8 @@ def test_submitit_tasks_resume_the_single_process_checkpoint(toy_root: Path, tmp
     model.load_state_dict(state)
     assert digests[0] == weights_digest(model)
     record = RunStore(results).record(request.config.run_id)
-    assert [h["epoch"] for h in record["history"]] == [1, 2]
-    assert record["history"][0] == first["history"][0]  # epoch 1 was resumed, not trained again
+    assert [h["epoch"] for h in record.history] == [1, 2]
+    assert record.history[0] == first["history"][0]  # epoch 1 was resumed, not trained again
     assert not (folder / "checkpoint.pt").exists()
     assert [p.name for p in (results / "backbones").iterdir()] == [Path(paths[0]).name]
 

@@ -14,6 +14,7 @@ from vdd_bench.backbones import load_checkpoint
 from vdd_bench.benchmark import Benchmark
 from vdd_bench.cli import main
 from vdd_bench.config import RunSettings
+from vdd_bench.record import RunRecord
 from vdd_bench.runner import execute, plan_run
 from vdd_bench.store import RunStore
 
@@ -33,9 +34,9 @@ def stop_after(epochs: int):
     return hook
 
 
-def comparable(record: dict) -> dict:
+def comparable(record: RunRecord) -> dict:
     """A record without its wall-clock timings, which legitimately differ between two executions."""
-    return {k: v for k, v in record.items() if k != "timing"}
+    return {k: v for k, v in record.to_json().items() if k != "timing"}
 
 
 def model_state(results: Path, run_id: str) -> dict[str, torch.Tensor]:
@@ -88,10 +89,10 @@ def test_feature_extractor_leaves_the_backbone_bitwise_unchanged(
     assert not torch.equal(
         pretrained["classifier.weight"][: trained["classifier.weight"].shape[0]], trained["classifier.weight"]
     )
-    accounting = record["accounting"]
+    accounting = record.accounting
     classifier = trained["classifier.weight"].numel() + trained["classifier.bias"].numel()
-    assert accounting["params_task"] == classifier
-    assert accounting["params_shared"] == accounting["params_total"] - classifier
+    assert accounting.params_task == classifier
+    assert accounting.params_shared == accounting.params_total - classifier
 
 
 def test_predictions_are_saved_and_give_the_recorded_accuracy(
@@ -102,9 +103,9 @@ def test_predictions_are_saved_and_give_the_recorded_accuracy(
     preds = np.load(RunStore(tmp_path).run_dir(request.config.run_id) / "predictions.npz")
     for split in ("val", "test"):
         accuracy = 100.0 * np.mean(preds[f"{split}_pred"] == preds[f"{split}_labels"])
-        assert accuracy == pytest.approx(record["metrics"][f"{split}_acc"])
+        assert accuracy == pytest.approx(record.metrics[f"{split}_acc"])
         share = 100.0 * np.bincount(preds[f"{split}_labels"]).max() / len(preds[f"{split}_labels"])
-        assert record["metrics"][f"{split}_majority_acc"] == pytest.approx(share)  # the leaderboard's floor
+        assert record.metrics[f"{split}_majority_acc"] == pytest.approx(share)  # the leaderboard's floor
     assert len(preds["test_image_ids"]) == len(Benchmark.open(toy_root).split(TASK, "test"))
 
 

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from vdd_bench.cli import main
 from vdd_bench.config import RunSettings
+from vdd_bench.record import RunRecord
 from vdd_bench.runner import execute, plan_run
 from vdd_bench.slurm import scheduler
 from vdd_bench.slurm.launcher import SlurmLauncher, read_submission, wait_for
@@ -45,8 +46,8 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def comparable(record: dict) -> dict:
-    return {k: v for k, v in record.items() if k != "timing"}
+def comparable(record: RunRecord) -> dict:
+    return {k: v for k, v in record.to_json().items() if k != "timing"}
 
 
 def sacct_times(job_id: str) -> tuple[str, str]:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from record_helpers import make_record
 
 from vdd_bench.config import RunConfig
 from vdd_bench.errors import VddError
@@ -46,13 +47,14 @@ def test_done_marker_is_written_after_the_record(tmp_path: Path) -> None:
     folder = store.start(cfg)
     assert not store.is_done(cfg.run_id)
     assert list(store.done_records()) == []  # started, not done: invisible to the leaderboard
-    store.finish(cfg, {"metrics": {"test_acc": 50.0}})
+    store.finish(make_record(cfg, {"test_acc": 50.0}))
     assert store.is_done(cfg.run_id)
     record = store.record(cfg.run_id)
-    assert record["metrics"] == {"test_acc": 50.0}
-    assert record["config"] == json.loads(json.dumps(cfg.to_dict()))
+    assert record.metrics == {"test_acc": 50.0}
+    assert record.config == cfg
+    assert json.loads((folder / "record.json").read_text())["config"] == json.loads(json.dumps(cfg.to_dict()))
     assert (folder / "done").stat().st_mtime_ns >= (folder / "record.json").stat().st_mtime_ns
-    assert [r["run_id"] for r in store.done_records()] == [cfg.run_id]
+    assert [r.run_id for r in store.done_records()] == [cfg.run_id]
 
 
 def test_a_folder_with_another_config_under_the_same_id_is_refused(tmp_path: Path) -> None:
@@ -76,3 +78,34 @@ def test_atomic_write_leaves_the_old_file_when_interrupted(tmp_path: Path, monke
         atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["record.json"]  # no temp file left behind
+
+
+def test_a_record_reads_back_as_it_was_written_and_keeps_the_file_format(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    cfg = config()
+    store.start(cfg)
+    written = make_record(cfg, {"test_acc": 50.0}, history=[{"epoch": 1}], timing={"train_s": 1.0})
+    store.finish(written)
+    assert store.record(cfg.run_id) == written
+    on_disk = json.loads((store.run_dir(cfg.run_id) / "record.json").read_text())
+    assert (
+        on_disk["format"] == "vdd-record/1"
+        and on_disk["task"] == "colors"
+        and on_disk["method"] == "finetune"
+    )
+    assert "continual" not in on_disk and "task_bytes" not in on_disk["accounting"]  # None fields left out
+
+
+def test_a_record_missing_a_field_is_refused_naming_its_file(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    cfg = config()
+    store.start(cfg)
+    store.finish(make_record(cfg, {"test_acc": 50.0}))
+    path = store.run_dir(cfg.run_id) / "record.json"
+    data = json.loads(path.read_text())
+    del data["accounting"]["macs"]  # a hand edit
+    path.write_text(json.dumps(data))
+    with pytest.raises(VddError) as caught:
+        store.record(cfg.run_id)
+    message = str(caught.value)
+    assert "\n" not in message and str(path) in message and "macs" in message

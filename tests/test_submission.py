@@ -74,8 +74,8 @@ def test_a_submission_that_would_miss_images_is_refused_with_one_line(
     assert result.output.startswith("error: no finished run of feature (seed 1) on task source")
 
     store = RunStore(swept)
-    [record] = [r for r in store.done_records() if r["method"] == "finetune" and r["task"] == "colors"]
-    path = store.run_dir(record["run_id"]) / "predictions.npz"
+    [record] = [r for r in store.done_records() if r.method == "finetune" and r.task == "colors"]
+    path = store.run_dir(record.run_id) / "predictions.npz"
     saved = dict(np.load(path))
     saved["test_image_ids"], saved["test_pred"] = saved["test_image_ids"][1:], saved["test_pred"][1:]
     buffer = io.BytesIO()
@@ -86,7 +86,7 @@ def test_a_submission_that_would_miss_images_is_refused_with_one_line(
                "--results", str(swept), "-o", str(out)],
     )  # fmt: skip
     assert result.exit_code == 2 and not out.exists()
-    assert f"error: run {record['run_id']} (task colors) predicts" in result.output
+    assert f"error: run {record.run_id} (task colors) predicts" in result.output
     assert "(1 missing, 0 not in the benchmark, 0 repeated)" in result.output
 
 
@@ -104,9 +104,9 @@ def test_nettailors_teacher_is_no_finetune_row_unless_asked_for_and_finetune_sti
         "--no-progress",
     )  # fmt: skip
     records = list(RunStore(results).done_records())
-    [teacher_id] = {r["config"]["inputs"]["teacher"] for r in records if "teacher" in r["config"]["inputs"]}
-    teacher = next(r for r in records if r["run_id"] == teacher_id)
-    assert teacher["method"] == "finetune" and teacher["task"] == "colors"
+    [teacher_id] = {r.config.inputs["teacher"] for r in records if "teacher" in r.config.inputs}
+    teacher = next(r for r in records if r.run_id == teacher_id)
+    assert teacher.method == "finetune" and teacher.task == "colors"
 
     def finetune_rows() -> list[dict]:
         [group] = json.loads(invoke("leaderboard", "--results", results, "--format", "json"))
@@ -121,7 +121,7 @@ def test_nettailors_teacher_is_no_finetune_row_unless_asked_for_and_finetune_sti
     # asked for by name (here the done run is found, not rerun), the same run is a result of its own
     sets = [
         ("--set", f"{k}={','.join(map(repr, v)) if isinstance(v, list) else v}")
-        for k, v in teacher["config"]["hparams"].items()
+        for k, v in teacher.config.hparams.items()
     ]
     ran = invoke(
         "run", "--benchmark", toy_root, "--method", "finetune", "--task", "colors", "--backbone-checkpoint",

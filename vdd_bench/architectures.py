@@ -11,6 +11,8 @@ from typing import Any
 
 from tabulate import tabulate
 
+from vdd_bench.record import RunRecord
+
 TIMING_KEY = "tailored_vs_teacher"  # where a NetTailor record keeps its measured speed-up (methods.nettailor)
 HEADERS = [
     "task",
@@ -26,27 +28,27 @@ HEADERS = [
 ]
 
 
-def tailored_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def tailored_records(records: Iterable[RunRecord]) -> list[RunRecord]:
     """The NetTailor selection runs (their report names the kept architecture), by task then seed."""
-    found = [r for r in records if {"kept_blocks", "chosen"} <= set(r.get("method_report", {}))]
-    return sorted(found, key=lambda r: (r["config"]["benchmark"], r["task"], r["config"]["seed"]))
+    found = [r for r in records if {"kept_blocks", "chosen"} <= set(r.method_report)]
+    return sorted(found, key=lambda r: (r.config.benchmark, r.task, r.seed))
 
 
-def _row(record: dict[str, Any], teacher_macs: int | None) -> list[Any]:
-    report, accounting = record["method_report"], record["accounting"]
-    macs = accounting["macs"]
+def _row(record: RunRecord, teacher_macs: int | None) -> list[Any]:
+    report, accounting = record.method_report, record.accounting
+    macs = accounting.macs
     ratio = f"{macs / 1e6:.2f}M / {teacher_macs / 1e6:.2f}M" if teacher_macs else f"{macs / 1e6:.2f}M"
     return [
-        record["task"],
-        _val(record["metrics"]["val_acc"], report),
+        record.task,
+        _val(record.accuracy("val"), report),
         report["chosen"],
         f"{report['kept_blocks']}/{report['total_blocks']}",
         report["kept_proxies"],
-        f"{accounting['params_total'] / 1e6:.3f}M ({accounting['params_task'] / 1e3:.1f}k)",
+        f"{accounting.params_total / 1e6:.3f}M ({accounting.params_task / 1e3:.1f}k)",
         ratio,
-        record["timing"].get(TIMING_KEY, {}).get("speedup"),
+        record.timing.get(TIMING_KEY, {}).get("speedup"),
         "yes" if report["within_tolerance"] else "no",
-        record["run_id"],
+        record.run_id,
     ]
 
 
@@ -60,7 +62,7 @@ def _val(acc: float | None, report: dict[str, Any]) -> str:
 
 
 def render_architectures(
-    records: list[dict[str, Any]], by_id: dict[str, dict[str, Any]], diagrams: bool = False
+    records: list[RunRecord], by_id: dict[str, RunRecord], diagrams: bool = False
 ) -> str:
     """A markdown table of every NetTailor run (`by_id`: run records by run id, to find each teacher)."""
     tailored = tailored_records(records)
@@ -68,14 +70,14 @@ def render_architectures(
         return ""
     rows = []
     for record in tailored:
-        teacher = by_id.get(record["config"]["inputs"].get("teacher", ""))
-        rows.append(_row(record, teacher["accounting"]["macs"] if teacher else None))
+        teacher = by_id.get(record.config.inputs.get("teacher", ""))
+        rows.append(_row(record, teacher.accounting.macs if teacher else None))
     parts = [
         "### NetTailor: tailored architectures (selection runs; speed-up measured against the teacher)",
         tabulate(rows, headers=HEADERS, tablefmt="github"),
     ]
     if diagrams:
         for record in tailored:
-            parts.append(f"#### {record['task']} (seed {record['config']['seed']}, run {record['run_id']})")
-            parts.append(f"```\n{record['method_report']['diagram']}\n```")
+            parts.append(f"#### {record.task} (seed {record.seed}, run {record.run_id})")
+            parts.append(f"```\n{record.method_report['diagram']}\n```")
     return "\n\n".join(parts)

@@ -35,10 +35,12 @@ from vdd_bench.augment import AugmentSpec
 from vdd_bench.backbones import BackboneSpec, build_backbone, load_checkpoint
 from vdd_bench.benchmark import Benchmark
 from vdd_bench.chains import setting
+from vdd_bench.config import RunConfig
 from vdd_bench.device import Device
 from vdd_bench.engine import predict
 from vdd_bench.errors import VddError
 from vdd_bench.method import METHODS, Method, TaskContext, coerce, get_method
+from vdd_bench.record import RunRecord
 from vdd_bench.runner import file_fingerprint, load_run_model, task_transform
 from vdd_bench.safeload import load_tensors
 from vdd_bench.store import RunStore, atomic_write_bytes
@@ -121,11 +123,11 @@ def decode_state(
 # ----------------------------------------------------------------------------------------- export
 
 
-def _hparams_key(record: dict[str, Any]) -> str:
-    return json.dumps(setting(record["config"]["hparams"]), sort_keys=True)
+def _hparams_key(record: RunRecord) -> str:
+    return json.dumps(setting(record.config.hparams), sort_keys=True)
 
 
-def _pick_runs(records: list[dict[str, Any]], method: str, filters: dict[str, Any]) -> list[dict[str, Any]]:
+def _pick_runs(records: list[RunRecord], method: str, filters: dict[str, Any]) -> list[RunRecord]:
     """The runs of one hyper-parameter setting: among those matching `filters`, the one that covers the most
     tasks, then the one closest to the method's defaults; a tie is refused."""
     defaults = METHODS.get(method).defaults
@@ -133,51 +135,31 @@ def _pick_runs(records: list[dict[str, Any]], method: str, filters: dict[str, An
         if key not in defaults:
             raise VddError(f"--set {key}: not a hyper-parameter of {method} (known: {sorted(defaults)})")
         wanted = coerce(value, defaults[key], f"{method}.{key}")
-        records = [r for r in records if r["config"]["hparams"].get(key) == wanted]
-    groups: dict[str, list[dict[str, Any]]] = {}
+        records = [r for r in records if r.config.hparams.get(key) == wanted]
+    groups: dict[str, list[RunRecord]] = {}
     for record in records:
         groups.setdefault(_hparams_key(record), []).append(record)
     if not groups:
         return []
 
-    def rank(group: list[dict[str, Any]]) -> tuple[int, int]:
+    def rank(group: list[RunRecord]) -> tuple[int, int]:
         """More tasks first; then the setting closest to the method's defaults (a sweep's plain runs
         before the same method run with another recipe as an input of another method, e.g. a teacher)."""
-        hparams = group[0]["config"]["hparams"]
-        return len({r["task"] for r in group}), sum(hparams.get(k) == v for k, v in defaults.items())
+        hparams = group[0].config.hparams
+        return len({r.task for r in group}), sum(hparams.get(k) == v for k, v in defaults.items())
 
     ranked = sorted(groups.values(), key=rank, reverse=True)
     if len(ranked) > 1 and rank(ranked[0]) == rank(ranked[1]):
         differing = sorted(
             k
-            for k in ranked[0][0]["config"]["hparams"]
-            if len({json.dumps(g[0]["config"]["hparams"].get(k)) for g in ranked}) > 1
+            for k in ranked[0][0].config.hparams
+            if len({json.dumps(g[0].config.hparams.get(k)) for g in ranked}) > 1
         )
         raise VddError(
             f"{len(ranked)} hyper-parameter settings of {method} cover as many tasks (they differ in "
             f"{', '.join(differing)}): choose one with --set KEY=VALUE"
         )
     return ranked[0]
-
-
-def _chain_end(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The steps of the longest chain among `records`, in chain order (last step last)."""
-    by_id = {r["run_id"]: r for r in records}
-    referenced = {r["config"]["inputs"].get("previous") for r in records}
-    chains = []
-    for run_id in by_id:
-        if run_id in referenced:
-            continue
-        chain, current = [], by_id[run_id]
-        while current is not None:
-            chain.append(current)
-            current = by_id.get(current["config"]["inputs"].get("previous"))
-        chains.append(chain[::-1])
-    chains.sort(key=len, reverse=True)
-    if len(chains) > 1 and len(chains[0]) == len(chains[1]):
-        ends = ", ".join(c[-1]["run_id"] for c in chains if len(c) == len(chains[0]))
-        raise VddError(f"several chains of the same length end in {ends}: choose one with --set KEY=VALUE")
-    return chains[0] if chains else []
 
 
 def _find_backbone(results: Path, fingerprint: str, given: Path | None) -> Path:
@@ -192,9 +174,8 @@ def _find_backbone(results: Path, fingerprint: str, given: Path | None) -> Path:
     )
 
 
-def _augment(bench: Benchmark, config: dict[str, Any], results: Path) -> AugmentSpec:
-
-    return task_transform(bench, config["task"], config["resolution"], config["recipe"], results)
+def _augment(bench: Benchmark, config: RunConfig, results: Path) -> AugmentSpec:
+    return task_transform(bench, config.task, config.resolution, config.recipe, results)
 
 
 @dataclass
@@ -243,24 +224,15 @@ def export(
     records = [
         r
         for r in store.done_records()
-        if r["config"]["method"] == method
-        and r["config"]["benchmark"] == bench.fingerprint
-        and r["config"]["seed"] == seed
+        if r.method == method and r.config.benchmark == bench.fingerprint and r.seed == seed
     ]
     records = _pick_runs(records, method, filters or {})
     if not records:
         raise VddError(
             f"no finished {method} runs of seed {seed} on {root} under {results}: run them first (vdd sweep)"
         )
-    sequential = getattr(instance, "sequential", False)
-    if sequential:
-        records = _chain_end(records)
-    else:
-        by_task: dict[str, dict[str, Any]] = {}
-        for r in records:
-            by_task.setdefault(r["task"], r)
-        records = [by_task[t] for t in bench.task_names() if t in by_task]
-    fingerprints = {r["config"]["backbone"]["checkpoint"] for r in records}
+    records, shared = instance.serving_runs(records, bench.task_names())
+    fingerprints = {r.config.backbone.get("checkpoint") for r in records}
     if len(fingerprints) != 1 or None in fingerprints:
         raise VddError(f"the {method} runs do not share one pre-trained backbone: a bundle needs one")
     ckpt = _find_backbone(results, fingerprints.pop(), backbone_checkpoint)
@@ -270,32 +242,29 @@ def export(
     tasks: dict[str, dict[str, Any]] = {}
     task_bytes: dict[str, int] = {}
     chain = None
-    if sequential:
-        last = records[-1]
-        state, structure = load_run_model(store.run_dir(last["run_id"]))
-        refs = encoder.encode(state)
-        chain = {"run_id": last["run_id"], "structure": structure, "state": refs}
+    if shared is not None:
+        state, structure = load_run_model(store.run_dir(shared.run_id))
+        chain = {"run_id": shared.run_id, "structure": structure, "state": encoder.encode(state)}
     for record in records:
-        config = record["config"]
         entry: dict[str, Any] = {
-            "run_id": record["run_id"],
-            "num_classes": int(record["num_classes"]),
-            "hparams": config["hparams"],
-            "input_size": int(record["accounting"]["input_size"]),
-            "augment": asdict(_augment(bench, config, results)),
+            "run_id": record.run_id,
+            "num_classes": int(record.num_classes),
+            "hparams": record.config.hparams,
+            "input_size": int(record.accounting.input_size),
+            "augment": asdict(_augment(bench, record.config, results)),
         }
-        if not sequential:
-            state, structure = load_run_model(store.run_dir(record["run_id"]))
+        if shared is None:
+            state, structure = load_run_model(store.run_dir(record.run_id))
             entry["structure"] = structure
             entry["state"] = encoder.encode(state)
             own = {ref[1] for ref in entry["state"].values() if ref[0] != "pretrained"}
-            task_bytes[record["task"]] = sum(_nbytes(encoder.blobs[i]) for i in own)
-        tasks[record["task"]] = entry
-    if sequential:
+            task_bytes[record.task] = sum(_nbytes(encoder.blobs[i]) for i in own)
+        tasks[record.task] = entry
+    if shared is not None:
         task_bytes = {"(chain)": sum(_nbytes(b) for b in encoder.blobs)}
-    # a sequential model never reads the pre-trained tensors it does not reference; the others rebuild
-    # their model from the whole pre-trained network (`build`), so it is kept whole
-    kept = encoder.used_pretrained if sequential else set(pretrained)
+    # one shared network never reads the pre-trained tensors it does not reference; per-task networks are
+    # rebuilt from the whole pre-trained network (`build`), so it is kept whole
+    kept = encoder.used_pretrained if shared is not None else set(pretrained)
     payload = {
         "format": BUNDLE_FORMAT,
         "method": method,

@@ -2,7 +2,7 @@
 
 A sequential method (PackNet, LwF, an Avalanche strategy) learns tasks one after another with one network;
 each task's step is a run, and after every step that network is evaluated on every task learned so far
-(`continual.json` in the step's folder, attached to its record by the run store as `record["continual"]`).
+(`continual.json` in the step's folder, attached to its record by the run store as `RunRecord.continual`).
 What a user of the method gets is the network at the end of the chain, so a step's leaderboard accuracy is
 that network's accuracy on the step's task, not the accuracy right after the step (the diagonal of the
 accuracy matrix, which `vdd leaderboard --continual` shows). A chain whose last step is not evaluated yet
@@ -13,8 +13,11 @@ Pure functions over records (no torch): the leaderboard and the submission both 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+
+from vdd_bench.errors import VddError
+from vdd_bench.record import RunRecord
 
 CONTINUAL_FILE = "continual.json"
 CHAIN_PREDICTIONS_FILE = "continual-predictions.npz"  # test predictions of the step's network, per task
@@ -31,22 +34,20 @@ def setting(hparams: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in hparams.items() if k not in STEP_KEYS}
 
 
-def is_chain_step(record: dict[str, Any]) -> bool:
-    return bool(
-        record.get("chain_step") or PREVIOUS in record["config"].get("inputs", {}) or "continual" in record
-    )
+def is_chain_step(record: RunRecord) -> bool:
+    return record.chain_step or PREVIOUS in record.config.inputs or record.continual is not None
 
 
-def _previous(record: dict[str, Any]) -> str | None:
-    return record["config"].get("inputs", {}).get(PREVIOUS)
+def _previous(record: RunRecord) -> str | None:
+    return record.config.inputs.get(PREVIOUS)
 
 
-def chain_ends(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def chain_ends(records: list[RunRecord]) -> dict[str, RunRecord]:
     """For every chain step among `records`, the record of the last step of its chain (by run id).
 
     A step continued by two chains (a store holding a chain and a branch of it) belongs to the longer one
     (then the smaller run id), so every step has one final network."""
-    steps = {r["run_id"]: r for r in records if is_chain_step(r)}
+    steps = {r.run_id: r for r in records if is_chain_step(r)}
     continued = {_previous(r) for r in steps.values()}
     walks = []
     for run_id, record in steps.items():
@@ -54,34 +55,53 @@ def chain_ends(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             continue
         walk, current = [], record
         while current is not None:
-            walk.append(current["run_id"])
+            walk.append(current.run_id)
             current = steps.get(_previous(current) or "")
         walks.append((record, walk))
-    owner: dict[str, dict[str, Any]] = {}
-    for end, walk in sorted(walks, key=lambda item: (-len(item[1]), item[0]["run_id"])):
+    owner: dict[str, RunRecord] = {}
+    for end, walk in sorted(walks, key=lambda item: (-len(item[1]), item[0].run_id)):
         for run_id in walk:
             owner.setdefault(run_id, end)
     return owner
 
 
-def with_final_accuracies(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def with_final_accuracies(records: list[RunRecord]) -> list[RunRecord]:
     """The records with every chain step's `metrics` replaced by its chain's final network's accuracy on
     its task (None while the chain's end is not evaluated); the step's own metrics move to
     `metrics_at_step` and the chain's last run id to `chain_end`. Other records are returned as they are."""
     ends = chain_ends(records)
     out = []
     for record in records:
-        end = ends.get(record["run_id"])
+        end = ends.get(record.run_id)
         if end is None:
             out.append(record)
             continue
-        accuracy = end.get("continual", {}).get("accuracy", {})
-        final = {f"{split}_acc": accuracy.get(split, {}).get(record["task"]) for split in ("val", "test")}
-        metrics = {**record["metrics"], **final}  # the task's other facts (e.g. its majority class) stay
-        out.append(
-            {**record, "metrics": metrics, "metrics_at_step": record["metrics"], "chain_end": end["run_id"]}
-        )
+        accuracy = (end.continual or {}).get("accuracy", {})
+        final = {f"{split}_acc": accuracy.get(split, {}).get(record.task) for split in ("val", "test")}
+        metrics = {**record.metrics, **final}  # the task's other facts (e.g. its majority class) stay
+        out.append(replace(record, metrics=metrics, metrics_at_step=record.metrics, chain_end=end.run_id))
     return out
+
+
+def longest_chain(records: list[RunRecord]) -> list[RunRecord]:
+    """The steps of the longest chain among `records`, in chain order (last step last); two chains of that
+    length are refused (a store holding two settings of a method: the user chooses one)."""
+    by_id = {r.run_id: r for r in records}
+    referenced = {r.config.inputs.get(PREVIOUS) for r in records}
+    chains = []
+    for run_id in by_id:
+        if run_id in referenced:
+            continue
+        chain, current = [], by_id[run_id]
+        while current is not None:
+            chain.append(current)
+            current = by_id.get(current.config.inputs.get(PREVIOUS, ""))
+        chains.append(chain[::-1])
+    chains.sort(key=len, reverse=True)
+    if len(chains) > 1 and len(chains[0]) == len(chains[1]):
+        ends = ", ".join(c[-1].run_id for c in chains if len(c) == len(chains[0]))
+        raise VddError(f"several chains of the same length end in {ends}: choose one with --set KEY=VALUE")
+    return chains[0] if chains else []
 
 
 @dataclass

@@ -138,7 +138,7 @@ def run(method, task, seed, given: GivenSettings, sets, results, device, progres
         raise
     click.echo(
         json.dumps(
-            {"run_id": record["run_id"], "metrics": record["metrics"], "accounting": record["accounting"]},
+            {k: v for k, v in record.to_json().items() if k in ("run_id", "metrics", "accounting")},
             indent=2,
         )
     )
@@ -195,7 +195,7 @@ def sweep(sweep_file, given: GivenSettings, sets, dry_run, **options) -> None:
 
     With --launcher slurm the runs are submitted as job arrays (one per method and dependency level) and
     the command returns; `vdd status` follows them, and relaunching submits only what is missing."""
-    from vdd_bench.launchers import LocalLauncher
+    from vdd_bench.local_launcher import LocalLauncher
     from vdd_bench.store import RunStore
 
     profile = _slurm_profile(options["launcher"], options["profile"])
@@ -320,20 +320,18 @@ def leaderboard(
         return
 
     store = RunStore(results)
-    records = [
-        r for r in store.done_records() if fingerprint is None or r["config"]["benchmark"] == fingerprint
-    ]
+    records = [r for r in store.done_records() if fingerprint is None or r.config.benchmark == fingerprint]
     sweep_files, root, checkpoint = options["sweep_files"], options["root"], options["backbone_checkpoint"]
     expected = _expected_runs(sweep_files, root, checkpoint) if sweep_files else None
     if expected and fingerprint is not None:
-        expected = [e for e in expected if e.config["benchmark"] == fingerprint]
+        expected = [e for e in expected if e.config.benchmark == fingerprint]
     if not records and not expected:
         raise VddError(f"no finished runs under {results}: run `vdd demo` or `vdd sweep` first")
     click.echo(render_groups(build_groups(records, split, expected, store.entry_ids()), fmt, split))
     if fmt == "markdown":
         from vdd_bench.architectures import render_architectures
 
-        by_id = {r["run_id"]: r for r in records}
+        by_id = {r.run_id: r for r in records}
         tailored = render_architectures(records, by_id, options["architectures"])
         if tailored:
             click.echo("\n" + tailored)
@@ -343,8 +341,9 @@ def _expected_runs(sweep_files: tuple[Path, ...], root: Path | None, checkpoint:
     """The runs the sweep files expect, as the leaderboard's `Expected` entries."""
     from vdd_bench.benchmark import Benchmark
     from vdd_bench.leaderboard import Expected
+    from vdd_bench.record import BenchmarkInfo
 
-    benches: dict[Path, dict[str, Any]] = {}
+    benches: dict[Path, BenchmarkInfo] = {}
     expected = []
     for sweep_file in sweep_files:
         command = f"vdd sweep --file {sweep_file}"
@@ -354,15 +353,8 @@ def _expected_runs(sweep_files: tuple[Path, ...], root: Path | None, checkpoint:
         given.update({"backbone_checkpoint": str(checkpoint)} if checkpoint else {})
         for request in _sweep_requests(sweep_file, given):
             if request.root not in benches:
-                bench = Benchmark.open(request.root)
-                benches[request.root] = {
-                    "kind": bench.kind,
-                    "name": bench.name,
-                    "fingerprint": bench.fingerprint,
-                    "tasks": bench.task_names(),
-                }
-            config = request.config
-            expected.append(Expected(config.run_id, config.to_dict(), benches[request.root], command))
+                benches[request.root] = BenchmarkInfo.of(Benchmark.open(request.root))
+            expected.append(Expected(request.config, benches[request.root], command))
     return expected
 
 
@@ -465,7 +457,7 @@ def _slurm_profile(launcher: str, profile: Path | None):
 @click.option("--json", "as_json", is_flag=True)
 def score(file: Path, labels: Path | None, baselines: Path | None, as_json: bool) -> None:
     """Decathlon score of per-task accuracies (JSON) or of a challenge predictions file with --labels."""
-    from vdd_bench.scoring_cli import score_file
+    from vdd_bench.score_files import score_file
 
     click.echo(score_file(file, labels, as_json, baselines))
 
@@ -494,9 +486,7 @@ def plot(results: Path, out: Path, formats: str, split: str, fingerprint: str | 
     if unknown or not chosen:
         raise VddError(f"unknown figure format(s) {', '.join(unknown) or formats!r}: use png, pdf")
     store = RunStore(results)
-    records = [
-        r for r in store.done_records() if fingerprint is None or r["config"]["benchmark"] == fingerprint
-    ]
+    records = [r for r in store.done_records() if fingerprint is None or r.config.benchmark == fingerprint]
     if not records:
         raise VddError(f"no finished runs under {results}: run `vdd demo` or `vdd sweep` first")
     for path in plot_all(build_groups(records, split, entry_ids=store.entry_ids()), records, out, chosen):
@@ -596,7 +586,7 @@ def list_methods(presets: bool, as_json: bool) -> None:
         click.echo(f"{name}: {json.dumps(defaults)}")
 
 
-# --- performance: bundles and benchmarks (vdd_bench/bundle.py, vdd_bench/benchmarks.py) ---
+# --- performance: bundles and benchmarks (vdd_bench/bundle.py, vdd_bench/bench/) ---
 @main.command("export")
 @click.option("--method", required=True)
 @click.option(
@@ -669,7 +659,7 @@ def export_bundle(
 @RESULTS
 def bench(as_json: bool, only: str | None, device: str | None, results: Path, **options: Any) -> None:
     """Measure the harness's speed as ratios against baselines on this machine, and print them."""
-    from vdd_bench.benchmarks import BenchOptions, render, run_benchmarks
+    from vdd_bench.bench import BenchOptions, render, run_benchmarks
     from vdd_bench.device import pick_device
 
     bench_options = BenchOptions(

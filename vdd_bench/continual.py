@@ -77,14 +77,14 @@ def chain_result(results: Path, last_run_id: str, split: str = "test") -> ChainR
     steps.reverse()
     tasks = steps[-1]["tasks"]
     matrix = [[step["accuracy"][split].get(task) for task in tasks] for step in steps]
-    method = store.record(last_run_id)["method"]
+    method = store.record(last_run_id).method
     return ChainResult(method, [s["run_id"] for s in steps], tasks, matrix, split)
 
 
 def chain_ends(results: Path) -> list[str]:
     """Run ids of the last step of every chain in the store whose last step is evaluated."""
     ends = chains.chain_ends(list(RunStore(results).done_records()))
-    return sorted({end["run_id"] for end in ends.values() if "continual" in end})
+    return sorted({end.run_id for end in ends.values() if end.continual is not None})
 
 
 def chain_results(results: Path, split: str = "test") -> list[ChainResult]:

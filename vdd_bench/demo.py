@@ -15,8 +15,8 @@ from vdd_bench.benchmark import Benchmark
 from vdd_bench.cache import default_cache_path, pack
 from vdd_bench.config import RunSettings
 from vdd_bench.device import Device
-from vdd_bench.launchers import LaunchSummary, LocalLauncher
 from vdd_bench.leaderboard import build_groups
+from vdd_bench.local_launcher import LaunchSummary, LocalLauncher
 from vdd_bench.method import SGD_RECIPE
 from vdd_bench.pretrain import PretrainPlan, pretrain
 from vdd_bench.store import RunStore
@@ -72,5 +72,5 @@ def run_demo(
     requests = sweep.expand()
     summary = LocalLauncher(results, device, progress).launch(requests)
     ids = {request.config.run_id for request in requests}
-    records = [r for r in RunStore(results).done_records() if r["run_id"] in ids]
+    records = [r for r in RunStore(results).done_records() if r.run_id in ids]
     return render_groups(build_groups(records)), summary

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vdd_bench.chains import PREVIOUS, setting, with_final_accuracies
-from vdd_bench.config import canonical_json
+from vdd_bench.config import RunConfig, canonical_json
+from vdd_bench.record import BenchmarkInfo, RunRecord
 from vdd_bench.reference import published_rows
 from vdd_bench.score import (
     MAX_SCORED_ACC,
@@ -55,10 +56,13 @@ class Missing:
 class Expected:
     """A run a sweep expects: its id, its semantic config, and its benchmark as records describe it."""
 
-    run_id: str
-    config: dict[str, Any]
-    benchmark: dict[str, Any]  # name, kind, fingerprint, tasks
+    config: RunConfig
+    benchmark: BenchmarkInfo
     command: str  # the command that runs it (e.g. `vdd sweep --file FILE`)
+
+    @property
+    def run_id(self) -> str:
+        return self.config.run_id
 
 
 @dataclass
@@ -77,7 +81,7 @@ class Row:
     stds: dict[str, float | None] = field(default_factory=dict)  # task -> sample std (None for 1 seed)
     seed_ids: dict[str, list[int]] = field(default_factory=dict)  # task -> the seeds averaged
     missing: list[Missing] = field(default_factory=list)
-    config: dict[str, Any] = field(default_factory=dict)  # the config of one of its runs (for commands)
+    config: RunConfig | None = None  # the config of one of its runs (for commands); None: published
     all_seeds: list[int] = field(default_factory=list)  # every seed the row has on any task
     by_seed: dict[str, dict[int, float]] = field(default_factory=dict)  # task -> seed -> accuracy
     score_std: float | None = None  # sample std of the per-seed scores (seeds every task has, 2 or more)
@@ -113,23 +117,21 @@ class Group:
     baselines: dict[str, float] = field(default_factory=dict)  # task -> baseline accuracy the score used
 
 
-def _group_key(config: dict[str, Any]) -> str:
-    backbone = {k: v for k, v in config["backbone"].items() if k != "checkpoint"}
+def _group_key(config: RunConfig) -> str:
+    backbone = {k: v for k, v in config.backbone.items() if k != "checkpoint"}
     return canonical_json(
         {
-            "benchmark": config["benchmark"],
+            "benchmark": config.benchmark,
             "backbone": backbone,
-            "resolution": config["resolution"],
-            "recipe": config["recipe"],
-            "protocol": config["protocol"],
+            "resolution": config.resolution,
+            "recipe": config.recipe,
+            "protocol": config.protocol,
         }
     )
 
 
-def _row_key(config: dict[str, Any]) -> str:
-    return canonical_json(
-        [config["method"], setting(config["hparams"]), config["backbone"].get("checkpoint")]
-    )
+def _row_key(config: RunConfig) -> str:
+    return canonical_json([config.method, setting(config.hparams), config.backbone.get("checkpoint")])
 
 
 def _mean(values: list[float]) -> float:
@@ -137,25 +139,25 @@ def _mean(values: list[float]) -> float:
 
 
 def build_groups(
-    records: Iterable[dict[str, Any]],
+    records: Iterable[RunRecord],
     split: str = "test",
     expected: list[Expected] | None = None,
     entry_ids: set[str] | None = None,
 ) -> list[Group]:
     """Groups of rows; `expected` (the runs of a sweep) makes every one of them that is not done missing;
     `entry_ids` (`RunStore.entry_ids`) leaves out the runs that exist only as another run's input."""
-    by_group: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    benches: dict[str, dict[str, Any]] = {}
+    by_group: dict[str, dict[str, list[RunRecord]]] = defaultdict(lambda: defaultdict(list))
+    benches: dict[str, BenchmarkInfo] = {}
     records = with_final_accuracies(list(records))  # a chain's entries are its final network's
-    done = {record["run_id"] for record in records}
-    read_as_inputs = {i for r in records for i in r["config"].get("inputs", {}).values()}
+    done = {record.run_id for record in records}
+    read_as_inputs = {i for r in records for i in r.config.inputs.values()}
     internal = internal_runs(records, entry_ids)
     for record in records:
-        if record["run_id"] in internal:
+        if record.run_id in internal:
             continue
-        gkey = _group_key(record["config"])
-        by_group[gkey][_row_key(record["config"])].append(record)
-        benches.setdefault(gkey, record["benchmark"])
+        gkey = _group_key(record.config)
+        by_group[gkey][_row_key(record.config)].append(record)
+        benches.setdefault(gkey, record.benchmark)
     wanted: dict[str, dict[str, list[Expected]]] = defaultdict(lambda: defaultdict(list))
     for entry in expected or []:
         if entry.run_id in done:
@@ -172,22 +174,22 @@ def build_groups(
         for rkey in list(rows_by_key) + [k for k in missing_by_key if k not in rows_by_key]:
             runs = rows_by_key.get(rkey, [])
             row = _row(runs, split) if runs else _empty_row(missing_by_key[rkey][0].config)
-            row.inputs_only = sum(r["run_id"] in read_as_inputs for r in runs)
+            row.inputs_only = sum(r.run_id in read_as_inputs for r in runs)
             row.missing = [
-                Missing(e.config["task"], e.config["seed"], e.run_id, e.command)
+                Missing(e.config.task, e.config.seed, e.run_id, e.command)
                 for e in missing_by_key.get(rkey, [])
             ]
             rows.append(row)
         _label_rows(rows)
         # the columns are the tasks this group has runs on or expects (a sweep may cover a subset)
         present = {t for row in rows for t in [*row.params, *(m.task for m in row.missing)]}
-        tasks = [t for t in bench["tasks"] if t in present]
+        tasks = [t for t in bench.tasks if t in present]
         if expected is None:
             for row in rows:
-                row.missing = _inferred_missing(row, tasks, bench)
+                row.missing = _inferred_missing(row, tasks)
         for row in rows:
             row.missing.sort(key=lambda m: (tasks.index(m.task), m.seed))
-        group = Group(json.loads(gkey), bench["kind"], bench["name"], tasks, rows, "", len(bench["tasks"]))
+        group = Group(json.loads(gkey), bench.kind, bench.name, tasks, rows, "", len(bench.tasks))
         _score(group)
         if group.kind == "decathlon":
             group.rows += _published(tasks)
@@ -195,44 +197,41 @@ def build_groups(
     return groups
 
 
-def _row(runs: list[dict[str, Any]], split: str) -> Row:
-    per_task: dict[str, list[dict]] = defaultdict(list)
+def _row(runs: list[RunRecord], split: str) -> Row:
+    per_task: dict[str, list[RunRecord]] = defaultdict(list)
     for run in runs:
-        per_task[run["task"]].append(run)
+        per_task[run.task].append(run)
     # a chain step that follows another tells the row is sequential (its missing runs need `vdd chain`)
-    row = _empty_row(
-        next((r["config"] for r in runs if PREVIOUS in r["config"]["inputs"]), runs[0]["config"])
-    )
+    row = _empty_row(next((r.config for r in runs if PREVIOUS in r.config.inputs), runs[0].config))
     for task, task_runs in per_task.items():
-        scored = [r for r in task_runs if r["metrics"].get(f"{split}_acc") is not None]
-        values = [r["metrics"][f"{split}_acc"] for r in scored]
+        scored = [r for r in task_runs if r.accuracy(split) is not None]
+        values = [r.accuracy(split) for r in scored]
         if values:
             row.accs[task] = _mean(values)
             row.seeds[task] = len(values)
             row.stds[task] = statistics.stdev(values) if len(values) > 1 else None
-            row.seed_ids[task] = sorted(r["config"]["seed"] for r in scored)
-            row.by_seed[task] = {r["config"]["seed"]: r["metrics"][f"{split}_acc"] for r in scored}
+            row.seed_ids[task] = sorted(r.seed for r in scored)
+            row.by_seed[task] = {r.seed: r.accuracy(split) for r in scored}
             floors = [
-                accuracy_floor(r["num_classes"], r["metrics"].get(f"{split}_majority_acc"))
+                accuracy_floor(r.num_classes, r.metrics.get(f"{split}_majority_acc"))
                 for r in scored
-                if r.get("num_classes")
+                if r.num_classes
             ]
             if floors:
                 row.floors[task] = max(floors)
-        row.params[task] = _mean([r["accounting"]["params_total"] for r in task_runs])
-        row.task_params[task] = _mean([r["accounting"]["params_task_equiv"] for r in task_runs])
-        row.macs[task] = _mean([r["accounting"]["macs"] for r in task_runs])
+        row.params[task] = _mean([r.accounting.params_total for r in task_runs])
+        row.task_params[task] = _mean([r.accounting.params_task_equiv for r in task_runs])
+        row.macs[task] = _mean([r.accounting.macs for r in task_runs])
     row.seed_ids = {t: row.seed_ids[t] for t in sorted(row.seed_ids)}
-    row.all_seeds = sorted({r["config"]["seed"] for r in runs})
+    row.all_seeds = sorted({r.seed for r in runs})
     return row
 
 
-def _empty_row(config: dict[str, Any]) -> Row:
-    method = config["method"]
-    return Row(method, method, {}, {}, {}, {}, {}, setting(config["hparams"]), config=dict(config))
+def _empty_row(config: RunConfig) -> Row:
+    return Row(config.method, config.method, {}, {}, {}, {}, {}, setting(config.hparams), config=config)
 
 
-def _inferred_missing(row: Row, tasks: list[str], bench: dict[str, Any]) -> list[Missing]:
+def _inferred_missing(row: Row, tasks: list[str]) -> list[Missing]:
     """Without a sweep: on every task of the group, the seeds the row has on any of its tasks."""
     seeds = row.all_seeds
     out = []
@@ -244,19 +243,19 @@ def _inferred_missing(row: Row, tasks: list[str], bench: dict[str, Any]) -> list
     return out
 
 
-def run_command(config: dict[str, Any], task: str, seed: int, tasks: list[str]) -> str:
+def run_command(config: RunConfig, task: str, seed: int, tasks: list[str]) -> str:
     """The command that would produce a missing run; ROOT and CKPT are the row's benchmark root and
     backbone checkpoint (named by content in the config, so their paths are the user's to fill in). A
     sequential row's runs come from its chain over the group's tasks, which a relaunch continues."""
-    sequential = PREVIOUS in config.get("inputs", {})
-    words = ["vdd", "chain" if sequential else "run", "--method", config["method"]]
+    sequential = PREVIOUS in config.inputs
+    words = ["vdd", "chain" if sequential else "run", "--method", config.method]
     words += ["--order", ",".join(tasks)] if sequential else ["--task", task]
     words += ["--seed", str(seed), "--benchmark", "ROOT"]
-    if config["backbone"].get("checkpoint") not in (None, "scratch"):
+    if config.backbone.get("checkpoint") not in (None, "scratch"):
         words += ["--backbone-checkpoint", "CKPT"]
     for option, default in (("recipe", "residual_adapters"), ("protocol", "train")):
-        if config.get(option, default) != default:
-            words += [f"--{option}", config[option]]
+        if getattr(config, option) != default:
+            words += [f"--{option}", getattr(config, option)]
     return " ".join(words)
 
 

@@ -24,6 +24,7 @@ from vdd_bench.accounting import parameter_split
 from vdd_bench.backbones import Backbone, BackboneSpec, build_backbone
 from vdd_bench.config import Planner, RunRequest, TaskPlanner
 from vdd_bench.errors import VddError
+from vdd_bench.record import RunRecord
 from vdd_bench.registry import Registry
 
 METHODS: Registry[type[Method]] = Registry("method", "vdd_bench.methods", "vdd_bench.methods")
@@ -244,7 +245,7 @@ class Method:
 
     def execute_run(
         self, request: RunRequest, results: Path, device: Any, progress: bool, on_epoch_end: Any
-    ) -> dict[str, Any] | None:
+    ) -> RunRecord | None:
         """Train, evaluate and record a run in the method's own loop and return its record; None (the
         default) lets the harness's engine train it. The Avalanche bridge trains in Avalanche's loop."""
         return None
@@ -255,6 +256,16 @@ class Method:
     def complete(self, run_dir: Path) -> bool:
         """Whether the done run in `run_dir` has what `after_run` adds (launchers redo `after_run` if not)."""
         return True
+
+    def serving_runs(
+        self, records: list[RunRecord], tasks: list[str]
+    ) -> tuple[list[RunRecord], RunRecord | None]:
+        """The runs a deployment of this method reads (`vdd export`), one per task in `tasks` order, and the
+        run whose one network serves them all; by default each task has its own network (None)."""
+        by_task: dict[str, RunRecord] = {}
+        for record in records:
+            by_task.setdefault(record.task, record)
+        return [by_task[t] for t in tasks if t in by_task], None
 
     def build(self, ctx: TaskContext) -> nn.Module:
         raise NotImplementedError

@@ -17,6 +17,7 @@ from typing import Any
 
 from vdd_bench.architectures import tailored_records
 from vdd_bench.leaderboard import Group
+from vdd_bench.record import RunRecord
 
 FIGURE_FORMATS = ("png", "pdf")
 # block states in the NetTailor grid: value, label, colour
@@ -141,10 +142,10 @@ def score_vs_macs(group: Group, out: Path, formats: tuple[str, ...] = FIGURE_FOR
     return _save(fig, out, f"{group_stem(group)}-score-vs-macs", formats)
 
 
-def block_states(record: dict[str, Any]) -> list[tuple[int, int]]:
+def block_states(record: RunRecord) -> list[tuple[int, int]]:
     """Per block of a NetTailor selection run: (state, number of proxies kept)."""
     states = []
-    for block in sorted(record["method_report"]["blocks"], key=lambda b: b["block"]):
+    for block in sorted(record.method_report["blocks"], key=lambda b: b["block"]):
         proxies = len(block.get("proxies", []))
         main = bool(block.get("main"))
         state = (BOTH if proxies else KEPT) if main else (PROXIES if proxies else REMOVED)
@@ -153,7 +154,7 @@ def block_states(record: dict[str, Any]) -> list[tuple[int, int]]:
 
 
 def nettailor_blocks(
-    records: list[dict[str, Any]], out: Path, formats: tuple[str, ...] = FIGURE_FORMATS
+    records: list[RunRecord], out: Path, formats: tuple[str, ...] = FIGURE_FORMATS
 ) -> list[Path] | None:
     """Per benchmark, a tasks x blocks grid of NetTailor's kept architecture; None when there are no runs.
 
@@ -161,15 +162,15 @@ def nettailor_blocks(
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
-    tailored = [r for r in tailored_records(records) if r["method_report"].get("blocks")]
+    tailored = [r for r in tailored_records(records) if r.method_report.get("blocks")]
     if not tailored:
         return None
     plt = _pyplot()
     paths: list[Path] = []
-    for fingerprint in sorted({r["config"]["benchmark"] for r in tailored}):
-        chosen = [r for r in tailored if r["config"]["benchmark"] == fingerprint]
-        order = chosen[0]["benchmark"]["tasks"]
-        chosen.sort(key=lambda r: (order.index(r["task"]) if r["task"] in order else 0, r["config"]["seed"]))
+    for fingerprint in sorted({r.config.benchmark for r in tailored}):
+        chosen = [r for r in tailored if r.config.benchmark == fingerprint]
+        order = chosen[0].benchmark.tasks
+        chosen.sort(key=lambda r: (order.index(r.task) if r.task in order else 0, r.seed))
         grid = [block_states(r) for r in chosen]
         width = max(len(g) for g in grid)
         values = [[s for s, _ in g] + [REMOVED] * (width - len(g)) for g in grid]
@@ -181,12 +182,12 @@ def nettailor_blocks(
                 if proxies:
                     colour = "white" if state in (KEPT, BOTH) else "black"
                     ax.text(x, y, str(proxies), ha="center", va="center", fontsize=7, color=colour)
-        seeds = {r["config"]["seed"] for r in chosen}
-        repeated = {t for t in (r["task"] for r in chosen) if sum(r["task"] == t for r in chosen) > 1}
+        seeds = {r.seed for r in chosen}
+        repeated = {t for t in (r.task for r in chosen) if sum(r.task == t for r in chosen) > 1}
         labels = [
-            r["task"]
-            + (f" (seed {r['config']['seed']})" if len(seeds) > 1 else "")
-            + (f" [{r['run_id'][-6:]}]" if r["task"] in repeated and len(seeds) == 1 else "")
+            r.task
+            + (f" (seed {r.seed})" if len(seeds) > 1 else "")
+            + (f" [{r.run_id[-6:]}]" if r.task in repeated and len(seeds) == 1 else "")
             for r in chosen
         ]
         ax.set_yticks(range(len(chosen)), labels, fontsize=8)
@@ -196,7 +197,7 @@ def nettailor_blocks(
         ax.grid(which="minor", color="white", linewidth=1.5)
         ax.tick_params(which="minor", length=0)
         ax.set_xlabel("residual block (number in a cell: proxies kept)")
-        name = chosen[0]["benchmark"]["name"]
+        name = chosen[0].benchmark.name
         ax.set_title(f"NetTailor: tailored architectures, {name}", fontsize=10)
         legend = [Patch(facecolor=c, edgecolor="#999999", label=label) for _, label, c in reversed(_STATES)]
         ax.legend(handles=legend, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
@@ -206,7 +207,7 @@ def nettailor_blocks(
 
 
 def plot_all(
-    groups: list[Group], records: list[dict[str, Any]], out: Path, formats: tuple[str, ...] = FIGURE_FORMATS
+    groups: list[Group], records: list[RunRecord], out: Path, formats: tuple[str, ...] = FIGURE_FORMATS
 ) -> list[Path]:
     """Every figure for every group; the paths written."""
     paths: list[Path] = []

@@ -19,6 +19,7 @@ from vdd_bench.config import RunRequest, RunSettings
 from vdd_bench.device import Device
 from vdd_bench.distributed import Distributed, check_batch, spawn
 from vdd_bench.errors import VddError
+from vdd_bench.record import RunRecord
 from vdd_bench.runner import execute, finish_run, load_run_model, open_run, plan_run, train_run
 from vdd_bench.store import RunStore
 from vdd_bench.tasks.generic import source_task
@@ -113,12 +114,12 @@ def _train_and_save(
         record = execute(request, results, device, progress=progress)
     else:
         record, data_parallel = _execute_data_parallel(request, results, device, progress, dist)
-        if not dist.is_main:
+        if record is None or not dist.is_main:  # only the main rank writes the backbone
             return out
     config = request.config
     spec = config.backbone_spec
     state, _ = load_run_model(RunStore(results).run_dir(config.run_id))
-    model = build_backbone(spec, record["num_classes"])
+    model = build_backbone(spec, record.num_classes)
     model.load_state_dict(state)
     meta = {
         "benchmark": config.benchmark,
@@ -126,8 +127,8 @@ def _train_and_save(
         "task": config.task,
         "run_id": config.run_id,
         "resolution": config.resolution,
-        "val_acc": record["metrics"]["val_acc"],
-        "test_acc": record["metrics"]["test_acc"],
+        "val_acc": record.accuracy("val"),
+        "test_acc": record.accuracy("test"),
     }
     if data_parallel is not None:
         meta["data_parallel"] = data_parallel
@@ -137,9 +138,9 @@ def _train_and_save(
 
 def _execute_data_parallel(
     request: RunRequest, results: Path, device: Device, progress: bool, dist: Distributed
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
+) -> tuple[RunRecord | None, dict[str, Any] | None]:
     """The runner's `execute` for one rank: every rank trains its shards, rank 0 evaluates and records.
-    Returns the record (empty on other ranks) and, when this call trained, how (world size, backend,
+    Returns the record (None on other ranks) and, when this call trained, how (world size, backend,
     BatchNorm, every rank's final weights digest)."""
     config = request.config
     existing = RunStore(results).record(config.run_id)
@@ -150,5 +151,5 @@ def _execute_data_parallel(
     model, history, trainer, seconds = train_run(run, device, progress, dist=dist)
     how = {**dist.describe(), "rank_weights": trainer.rank_digests}
     if not dist.is_main:
-        return {}, how
+        return None, how
     return finish_run(run, model, device, seconds, history), how

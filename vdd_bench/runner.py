@@ -29,6 +29,7 @@ from vdd_bench.errors import VddError
 from vdd_bench.faults import fault_point
 from vdd_bench.method import METHODS, Method, TaskContext, get_method
 from vdd_bench.normalization import task_mean_std
+from vdd_bench.record import Accounting, BenchmarkInfo, RunRecord
 from vdd_bench.safeload import load_tensors
 from vdd_bench.store import RunStore, atomic_write_bytes
 from vdd_bench.tasks.generic import native_resolution, source_task, task_facts
@@ -254,7 +255,7 @@ def finish_run(
     device: Device,
     train_seconds: float,
     history: list[dict[str, Any]],
-) -> dict[str, Any]:
+) -> RunRecord:
     """Evaluate, account, save the model and predictions, write the record and mark the run done."""
     config, data, task = run.request.config, run.data, run.request.config.task
     started = time.perf_counter()
@@ -278,24 +279,19 @@ def finish_run(
         },
     )
     facts = task_facts(task) if run.bench.kind == "decathlon" else None
-    record = {
-        "benchmark": {
-            "kind": run.bench.kind,
-            "name": run.bench.name,
-            "fingerprint": run.bench.fingerprint,
-            "tasks": run.bench.task_names(),
-        },
-        "task": task,
-        "method": config.method,
-        "internal": not type(run.method).listed,
-        "chain_step": bool(getattr(type(run.method), "sequential", False)),
-        "num_classes": run.ctx.num_classes,
-        "official_baseline_acc": facts.baseline_acc if facts else None,
-        "metrics": metrics,
-        "method_report": run.method.report(cpu_model, run.ctx),
-        "history": history,
-        "accounting": accounting,
-        "timing": {
+    record = RunRecord(
+        run_id=config.run_id,
+        config=config,
+        benchmark=BenchmarkInfo.of(run.bench),
+        num_classes=run.ctx.num_classes,
+        metrics=metrics,
+        accounting=Accounting(**accounting),
+        internal=not type(run.method).listed,
+        chain_step=type(run.method).sequential,
+        official_baseline_acc=facts.baseline_acc if facts else None,
+        method_report=run.method.report(cpu_model, run.ctx),
+        history=history,
+        timing={
             "train_s": round(train_seconds, 3),
             "eval_s": round(eval_seconds, 3),
             **run.method.timings(cpu_model, run.ctx),
@@ -303,8 +299,8 @@ def finish_run(
             "torch": torch.__version__,
             "python": platform.python_version(),
         },
-    }
-    run.store.finish(config, record)
+    )
+    run.store.finish(record)
     fault_point("runner.done")
     remove_checkpoints(run.folder / "checkpoint.pt")
     return run.store.record(config.run_id)
@@ -316,7 +312,7 @@ def execute(
     device: Device | None = None,
     progress: bool = True,
     on_epoch_end: Callable[[int, int], None] | None = None,
-) -> dict[str, Any]:
+) -> RunRecord:
     """Run to completion (resuming from the last epoch-end checkpoint) and return the record."""
     config = request.config
     existing = RunStore(results).record(config.run_id)

@@ -22,12 +22,13 @@ from torch import nn
 from vdd_bench.augment import AugmentSpec
 from vdd_bench.backbones import Backbone, BackboneSpec, build_backbone, load_weights
 from vdd_bench.benchmark import Benchmark
-from vdd_bench.chains import CHAIN_PREDICTIONS_FILE, CONTINUAL_FILE, PREVIOUS
-from vdd_bench.config import RunConfig, RunRequest, TaskPlanner
+from vdd_bench.chains import CHAIN_PREDICTIONS_FILE, CONTINUAL_FILE, PREVIOUS, longest_chain
+from vdd_bench.config import RunRequest, TaskPlanner
 from vdd_bench.device import Device, pick_device
 from vdd_bench.engine import predict
 from vdd_bench.errors import VddError
 from vdd_bench.method import METHODS, Method, TaskContext, get_method, pretrained_backbone
+from vdd_bench.record import RunRecord
 from vdd_bench.runner import load_run_model, task_images, task_transform
 from vdd_bench.store import RunStore, atomic_write_bytes, atomic_write_json
 
@@ -80,6 +81,13 @@ class SequentialMethod(Method):
                 step["last_in_chain"] = task == tasks[-1]
             requests.append(plan(task, step, {PREVIOUS: requests[-1]} if requests else None))
         return requests
+
+    def serving_runs(
+        self, records: list[RunRecord], tasks: list[str]
+    ) -> tuple[list[RunRecord], RunRecord | None]:
+        """The steps of the longest chain, in chain order; its last step's network serves every task."""
+        steps = longest_chain(records)
+        return steps, steps[-1] if steps else None
 
     def after_run(self, request: RunRequest, results: Path, device: Device | None) -> None:
         evaluate_step(request, results, device)
@@ -143,10 +151,9 @@ def step_model(results: Path, run_id: str) -> tuple[SequentialMethod, nn.Module,
     record = store.record(run_id)
     if record is None:
         raise VddError(f"run {run_id} is not finished")
-    config = record["config"]
-    method = sequential_method(config["method"])
+    method = sequential_method(record.method)
     state, structure = load_run_model(store.run_dir(run_id))
-    model = method.skeleton(RunConfig.from_dict(config).backbone_spec, structure)
+    model = method.skeleton(record.config.backbone_spec, structure)
     load_weights(model, state, store.run_dir(run_id) / "model.pt")
     return method, model.eval(), structure
 

@@ -9,7 +9,7 @@ Layout of a run directory `<results>/runs/<run_id>/`:
   record.json       metrics, accounting, timing (written atomically)
   done              written last; only runs with it are read by the leaderboard
   continual.json    a chain step only: its network evaluated on every task of the chain so far (written
-                    after `done`; attached to the record as `record["continual"]`)
+                    after `done`; attached to the record as `RunRecord.continual`)
   failed            the error of the last failed attempt
   claim.json        who is running the run now (see `RunStore.claim`); removed when it stops
   slurm.json        the SLURM job last submitted for the run (job id, log files)
@@ -37,8 +37,8 @@ from vdd_bench.chains import CONTINUAL_FILE
 from vdd_bench.config import RunConfig, check_name
 from vdd_bench.errors import VddError
 from vdd_bench.faults import fault_point
+from vdd_bench.record import RunRecord
 
-RECORD_FORMAT = "vdd-record/1"
 CLAIM_FILE = "claim.json"
 CLAIM_LOCK = ".claim.lock"
 STALE_AFTER_S = 600.0  # a claim whose heartbeat is older, and whose owner nobody can check, is stale
@@ -97,10 +97,9 @@ class RunStore:
             atomic_write_json(path, config.to_dict())
         return folder
 
-    def finish(self, config: RunConfig, record: dict[str, Any]) -> None:
-        folder = self.run_dir(config.run_id)
-        record = {"format": RECORD_FORMAT, "run_id": config.run_id, "config": config.to_dict(), **record}
-        atomic_write_json(folder / "record.json", record)
+    def finish(self, record: RunRecord) -> None:
+        folder = self.run_dir(record.run_id)
+        atomic_write_json(folder / "record.json", record.to_json())
         atomic_write_bytes(folder / "done", b"")
         (folder / "failed").unlink(missing_ok=True)  # an earlier attempt's error no longer applies
 
@@ -126,12 +125,12 @@ class RunStore:
         entries = self.results / "entries"
         return set(os.listdir(entries)) if entries.is_dir() else None
 
-    def record(self, run_id: str) -> dict[str, Any] | None:
+    def record(self, run_id: str) -> RunRecord | None:
         if not self.is_done(run_id):
             return None
         return read_record(str(self.run_dir(run_id) / "record.json"))
 
-    def done_records(self) -> Iterator[dict[str, Any]]:
+    def done_records(self) -> Iterator[RunRecord]:
         """Every finished run; folders without a `done` marker (running, failed, half-written) are skipped."""
         if not self.runs.is_dir():
             return
@@ -142,23 +141,23 @@ class RunStore:
                 yield read_record(os.path.join(folder, "record.json"))
 
 
-def internal_runs(records: Iterable[dict[str, Any]], entry_ids: set[str] | None) -> set[str]:
+def internal_runs(records: Iterable[RunRecord], entry_ids: set[str] | None) -> set[str]:
     """The done runs that are not results of their own: a backbone's pre-training, a method's internal steps
     (NetTailor's student and candidates) and, when `entry_ids` (the runs asked for by name) is given, a run
     that exists only as another run's input (NetTailor's teacher, when no fine-tuning run of the same
     settings was asked for). Leaderboards, plots and submissions leave them out."""
     records = list(records)
-    read_as_inputs = {i for r in records for i in r["config"].get("inputs", {}).values()}
+    read_as_inputs = {i for r in records for i in r.config.inputs.values()}
     return {
-        r["run_id"]
+        r.run_id
         for r in records
-        if r.get("internal")
-        or r["config"].get("extra", {}).get("role") == "pretrain"
-        or (entry_ids is not None and r["run_id"] in read_as_inputs and r["run_id"] not in entry_ids)
+        if r.internal
+        or r.config.extra.get("role") == "pretrain"
+        or (entry_ids is not None and r.run_id in read_as_inputs and r.run_id not in entry_ids)
     }
 
 
-def read_record(path: str) -> dict[str, Any]:
+def read_record(path: str) -> RunRecord:
     """The record of a done run. One that cannot be read (records are written whole before `done`, so only
     a damaged disk or a hand edit does this) is refused naming it, never skipped or half-used."""
     try:
@@ -177,7 +176,7 @@ def read_record(path: str) -> dict[str, Any]:
     if os.path.exists(evaluation):  # a chain step's network on every task so far (vdd_bench.chains)
         with open(evaluation, encoding="utf-8") as handle:
             record["continual"] = json.load(handle)
-    return record
+    return RunRecord.from_json(record, path)
 
 
 # --- claims: at most one process runs a run at a time ---

@@ -13,45 +13,45 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from vdd_bench.benchmark import Benchmark
 from vdd_bench.chains import CHAIN_PREDICTIONS_FILE, with_final_accuracies
 from vdd_bench.errors import VddError
+from vdd_bench.record import RunRecord
 from vdd_bench.store import RunStore, atomic_write_bytes, internal_runs
 
 
 def select_runs(
-    records: Iterable[dict[str, Any]],
+    records: Iterable[RunRecord],
     bench: Benchmark,
     method: str,
     seed: int = 0,
     run_ids: Iterable[str] = (),
     entry_ids: set[str] | None = None,
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, RunRecord]:
     """One finished run per task of the benchmark: `method` at `seed`, or the runs named in `run_ids`; a run
     that only serves as another run's input (`vdd_bench.store.internal_runs`) only when named."""
     pinned = set(run_ids)
     records = list(records)
     internal = internal_runs(records, entry_ids)
-    by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_task: dict[str, list[RunRecord]] = defaultdict(list)
     other_benchmarks = set()
     serving: dict[str, int] = defaultdict(int)  # task -> runs that only serve as other runs' inputs
     for record in records:
-        config = record["config"]
-        if record.get("internal") or config["method"] != method or config["seed"] != seed:
+        config = record.config
+        if record.internal or config.method != method or config.seed != seed:
             continue
-        if config["benchmark"] != bench.fingerprint:
-            other_benchmarks.add(config["benchmark"])
+        if config.benchmark != bench.fingerprint:
+            other_benchmarks.add(config.benchmark)
             continue
-        if record["run_id"] in internal and record["run_id"] not in pinned:
-            serving[record["task"]] += 1
+        if record.run_id in internal and record.run_id not in pinned:
+            serving[record.task] += 1
             continue
-        if pinned and record["run_id"] not in pinned:
+        if pinned and record.run_id not in pinned:
             continue
-        by_task[record["task"]].append(record)
+        by_task[record.task].append(record)
     chosen = {}
     for task in bench.task_names():
         runs = by_task.get(task, [])
@@ -70,7 +70,7 @@ def select_runs(
                 f"`vdd run --method {method} --task {task} --seed {seed} ...` or `vdd sweep` first"
             )
         if len(runs) > 1:
-            ids = ", ".join(r["run_id"] for r in runs)
+            ids = ", ".join(r.run_id for r in runs)
             raise VddError(
                 f"task {task} has {len(runs)} finished runs of {method} (seed {seed}) with other settings "
                 f"({ids}): pass --run RUN_ID for the one to submit"
@@ -124,12 +124,12 @@ def build_submission(
     chosen = select_runs(records, bench, method, seed, run_ids, store.entry_ids())
     entries: list[dict[str, int]] = []
     for task, record in chosen.items():
-        end = store.run_dir(record["chain_end"]) if "chain_end" in record else None
-        entries += task_predictions(bench, task, store.run_dir(record["run_id"]), record["run_id"], end)
+        end = store.run_dir(record.chain_end) if record.chain_end is not None else None
+        entries += task_predictions(bench, task, store.run_dir(record.run_id), record.run_id, end)
     ids = [e["image_id"] for e in entries]
     if len(ids) != len(set(ids)):
         raise VddError("two tasks share test image ids: the benchmark's ids are not unique across tasks")
-    return entries, {task: record["run_id"] for task, record in chosen.items()}
+    return entries, {task: record.run_id for task, record in chosen.items()}
 
 
 def write_submission(entries: list[dict[str, int]], out: Path) -> None:

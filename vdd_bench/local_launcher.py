@@ -1,4 +1,4 @@
-"""Launchers execute planned runs; the local one runs them one after another in this process.
+"""The local launcher runs planned runs one after another in this process (SLURM's: `slurm/launcher.py`).
 
 After a run, its method's `after_run` does what the method adds (a chain step of PackNet or LwF is evaluated
 on every task of its chain learned so far: the accuracy matrix); a step's predecessor is an input, so it runs
