@@ -87,7 +87,6 @@ def binarise(model: nn.Module) -> nn.Module:
 
 @register_method("piggyback")
 class Piggyback(Method):
-    schedule_lengths: ClassVar[tuple[str, ...]] = ("epochs", "lr_step_epochs")
     defaults: ClassVar[dict[str, Any]] = {
         "epochs": 30,
         "lr": 1e-4,
@@ -101,6 +100,7 @@ class Piggyback(Method):
         "threshold": 5e-3,
         "train_bn": False,
     }
+    schedule_lengths: ClassVar[tuple[str, ...]] = ("epochs", "lr_step_epochs")
 
     def build(self, ctx: TaskContext) -> nn.Module:
         hp = ctx.hparams
