@@ -42,26 +42,32 @@ def _previous(record: RunRecord) -> str | None:
     return record.config.inputs.get(PREVIOUS)
 
 
+def _chains(records: list[RunRecord]) -> list[list[RunRecord]]:
+    """Every chain among the chain steps in `records`, each from its last step back to its first (a step
+    continued by two chains, a chain and a branch of it, is in both)."""
+    steps = {r.run_id: r for r in records if is_chain_step(r)}
+    continued = {_previous(r) for r in steps.values()}
+    chains = []
+    for run_id, record in steps.items():
+        if run_id in continued:
+            continue
+        chain, current = [], record
+        while current is not None:
+            chain.append(current)
+            current = steps.get(_previous(current) or "")
+        chains.append(chain)
+    return chains
+
+
 def chain_ends(records: list[RunRecord]) -> dict[str, RunRecord]:
     """For every chain step among `records`, the record of the last step of its chain (by run id).
 
     A step continued by two chains (a store holding a chain and a branch of it) belongs to the longer one
     (then the smaller run id), so every step has one final network."""
-    steps = {r.run_id: r for r in records if is_chain_step(r)}
-    continued = {_previous(r) for r in steps.values()}
-    walks = []
-    for run_id, record in steps.items():
-        if run_id in continued:
-            continue
-        walk, current = [], record
-        while current is not None:
-            walk.append(current.run_id)
-            current = steps.get(_previous(current) or "")
-        walks.append((record, walk))
     owner: dict[str, RunRecord] = {}
-    for end, walk in sorted(walks, key=lambda item: (-len(item[1]), item[0].run_id)):
-        for run_id in walk:
-            owner.setdefault(run_id, end)
+    for chain in sorted(_chains(records), key=lambda c: (-len(c), c[0].run_id)):
+        for step in chain:
+            owner.setdefault(step.run_id, chain[0])
     return owner
 
 
@@ -86,22 +92,11 @@ def with_final_accuracies(records: list[RunRecord]) -> list[RunRecord]:
 def longest_chain(records: list[RunRecord]) -> list[RunRecord]:
     """The steps of the longest chain among `records`, in chain order (last step last); two chains of that
     length are refused (a store holding two settings of a method: the user chooses one)."""
-    by_id = {r.run_id: r for r in records}
-    referenced = {r.config.inputs.get(PREVIOUS) for r in records}
-    chains = []
-    for run_id in by_id:
-        if run_id in referenced:
-            continue
-        chain, current = [], by_id[run_id]
-        while current is not None:
-            chain.append(current)
-            current = by_id.get(current.config.inputs.get(PREVIOUS, ""))
-        chains.append(chain[::-1])
-    chains.sort(key=len, reverse=True)
+    chains = sorted(_chains(records), key=len, reverse=True)
     if len(chains) > 1 and len(chains[0]) == len(chains[1]):
-        ends = ", ".join(c[-1].run_id for c in chains if len(c) == len(chains[0]))
+        ends = ", ".join(c[0].run_id for c in chains if len(c) == len(chains[0]))
         raise VddError(f"several chains of the same length end in {ends}: choose one with --set KEY=VALUE")
-    return chains[0] if chains else []
+    return chains[0][::-1] if chains else []
 
 
 @dataclass

@@ -92,12 +92,11 @@ class RunRecord:
         """A record read from `source` (named in the error when a required field is missing); `continual`
         is the step's `continual.json`, which the store attaches."""
         try:
-            known = {f.name for f in fields(cls)} - {"config", "benchmark", "accounting"}
             return cls(
                 config=RunConfig.from_dict(data["config"]),
                 benchmark=BenchmarkInfo(**data["benchmark"]),
                 accounting=Accounting(**data["accounting"]),
-                **{k: v for k, v in data.items() if k in known},
+                **{k: v for k, v in data.items() if k in _PLAIN_FIELDS},
             )
         except (KeyError, TypeError) as exc:
             raise VddError(
@@ -107,3 +106,4 @@ class RunRecord:
 
 
 _READ_SIDE = {"continual", "metrics_at_step", "chain_end"}
+_PLAIN_FIELDS = {f.name for f in fields(RunRecord)} - {"config", "benchmark", "accounting"}  # JSON as it is
