@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from vdd_bench.chains import chain_ends, with_final_accuracies
+import pytest
+
+from vdd_bench.chains import chain_ends, longest_chain, with_final_accuracies
 from vdd_bench.config import RunConfig
+from vdd_bench.errors import VddError
 from vdd_bench.leaderboard import build_groups
 from vdd_bench.record import Accounting, BenchmarkInfo, RunRecord
 
@@ -56,3 +59,11 @@ def test_a_chain_whose_end_is_not_evaluated_has_no_accuracy_in_the_leaderboard()
     assert row.accs == {}  # not the steps' own 90 and 80
     [group] = build_groups([a, replace(b, continual={"accuracy": {"test": {"x": 70.0, "y": 80.0}}})])
     assert group.rows[0].accs == {"x": 70.0, "y": 80.0}
+
+
+def test_a_bundle_reads_the_longest_chain_in_order_and_refuses_two_of_the_same_length() -> None:
+    a, b, c = step("a", "x", 90.0, None), step("b", "y", 80.0, "a"), step("c", "z", 60.0, "b")
+    branch = step("d", "z", 65.0, "a")
+    assert [r.run_id for r in longest_chain([c, branch, a, b])] == ["a", "b", "c"]
+    with pytest.raises(VddError, match="several chains of the same length end in"):
+        longest_chain([a, b, branch])
