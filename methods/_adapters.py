@@ -20,7 +20,16 @@ from vdd_bench.methods._surgery import batchnorms, freeze, is_spatial, replace_l
 
 from vdd_bench.backbones import Backbone
 from vdd_bench.errors import VddError
-from vdd_bench.method import README_FLAGS, SGD_RECIPE, Method, Phase, TaskContext, pretrained_backbone
+from vdd_bench.method import (
+    README_FLAGS,
+    SGD_RECIPE,
+    SGD_SEARCH,
+    Method,
+    Phase,
+    TaskContext,
+    pretrained_backbone,
+)
+from vdd_bench.search import Distribution, LogUniform
 
 ADAPTER_INITS = ("normal", "zero")
 
@@ -56,6 +65,10 @@ class AdapterMethod(Method):
         "adapter_init": "normal",
     }
     presets: ClassVar[dict[str, dict[str, Any]]] = {"readme-flags": README_FLAGS}
+    search_space: ClassVar[dict[str, Distribution]] = {
+        **SGD_SEARCH,
+        "adapter_weight_decay": LogUniform(1e-5, 1e-2),  # the adapters' own decay, the authors' main knob
+    }
     wrapper: ClassVar[type[nn.Module]]
 
     def build(self, ctx: TaskContext) -> nn.Module:

@@ -32,7 +32,8 @@ from vdd_bench.methods._surgery import apply_layer, batchnorms, freeze, replace_
 
 from vdd_bench.backbones import Backbone
 from vdd_bench.errors import VddError
-from vdd_bench.method import Method, Phase, TaskContext, pretrained_backbone, register_method
+from vdd_bench.method import SGD_SEARCH, Method, Phase, TaskContext, pretrained_backbone, register_method
+from vdd_bench.search import Distribution
 
 
 def _refresh(module: ControlledConv, incompatible_keys: Any) -> None:
@@ -95,6 +96,7 @@ class DeepAdaptation(Method):
         "control_expanding": True,
         "train_bn": False,
     }
+    search_space: ClassVar[dict[str, Distribution]] = SGD_SEARCH
 
     def build(self, ctx: TaskContext) -> nn.Module:
         hp = ctx.hparams

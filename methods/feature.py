@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from torch import nn
 
-from vdd_bench.method import Method, TaskContext, pretrained_backbone, register_method
+from vdd_bench.method import SGD_SEARCH, Method, TaskContext, pretrained_backbone, register_method
+from vdd_bench.search import Distribution
 
 
 @register_method("feature")
 class FeatureExtractor(Method):
     """Same SGD schedule as fine-tuning, applied to the classifier only."""
+
+    search_space: ClassVar[dict[str, Distribution]] = SGD_SEARCH
 
     def build(self, ctx: TaskContext) -> nn.Module:
         model = pretrained_backbone(ctx)

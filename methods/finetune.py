@@ -6,7 +6,15 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from vdd_bench.method import README_FLAGS, Method, TaskContext, pretrained_backbone, register_method
+from vdd_bench.method import (
+    README_FLAGS,
+    SGD_SEARCH,
+    Method,
+    TaskContext,
+    pretrained_backbone,
+    register_method,
+)
+from vdd_bench.search import Distribution
 
 
 @register_method("finetune")
@@ -15,6 +23,7 @@ class FineTune(Method):
     decay 1e-4 on every parameter (as the code runs; the `readme-flags` preset: 5e-4)."""
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {"readme-flags": README_FLAGS}
+    search_space: ClassVar[dict[str, Distribution]] = SGD_SEARCH
 
     def build(self, ctx: TaskContext) -> nn.Module:
         return pretrained_backbone(ctx)

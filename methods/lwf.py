@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from vdd_bench.backbones import Backbone, BackboneSpec, build_backbone
 from vdd_bench.chains import PREVIOUS
 from vdd_bench.method import SGD_RECIPE, Phase, TaskContext, register_method
+from vdd_bench.search import Choice, Distribution, LogUniform
 from vdd_bench.sequential import PerTask, SequentialMethod, first_model
 
 
@@ -57,6 +58,11 @@ class LearningWithoutForgetting(SequentialMethod):
         "warmup_epochs": SGD_RECIPE["epochs"],
         "warmup_lr": SGD_RECIPE["lr"],
         "source_first": False,
+    }
+    search_space: ClassVar[dict[str, Distribution]] = {
+        "lr": LogUniform(1e-3, 0.3),
+        "temperature": Choice((1.0, 2.0, 4.0)),
+        "distill_weight": LogUniform(0.1, 10.0),
     }
 
     def __init__(self) -> None:

@@ -46,6 +46,7 @@ from vdd_bench.method import Method, Phase, TaskContext, pretrained_backbone, re
 from vdd_bench.record import RunRecord
 from vdd_bench.runner import load_run_model
 from vdd_bench.score import accuracy_floor, learned_nothing
+from vdd_bench.search import Choice, Distribution, LogUniform
 from vdd_bench.store import read_record
 
 # The teacher: the authors' teacher script for the wide ResNet-26 (main_teacher.py; the decathlon teacher
@@ -306,6 +307,15 @@ class NetTailor(_TailoredMethod):
     defaults: ClassVar[dict[str, Any]] = SELECT_DEFAULTS
     presets: ClassVar[dict[str, dict[str, Any]]] = PRESETS
     converters: ClassVar[dict[str, Callable[[Any], Any]]] = {"candidates": parse_candidates}
+    # the teacher's and the student's lr around the authors' 0.01 (a trial with another teacher lr trains
+    # its own teacher), the weights of the complexity and teacher terms, and the selection's tolerance
+    search_space: ClassVar[dict[str, Distribution]] = {
+        "teacher_lr": LogUniform(1e-3, 0.1),
+        "lr": LogUniform(1e-3, 0.1),
+        "complexity_weight": LogUniform(0.1, 10.0),
+        "teacher_weight": LogUniform(1.0, 100.0),
+        "tolerance": Choice((0.5, 1.0, 2.0)),
+    }
 
     def dependencies(self, hparams: dict[str, Any], plan: Planner) -> dict[str, RunRequest]:
         student = plan("nettailor_student", _subset(hparams, STUDENT_DEFAULTS))

@@ -41,6 +41,7 @@ from vdd_bench.backbones import Backbone, BackboneSpec, build_backbone
 from vdd_bench.chains import PREVIOUS
 from vdd_bench.errors import VddError
 from vdd_bench.method import Phase, TaskContext, register_method
+from vdd_bench.search import Distribution, LogUniform, Uniform
 from vdd_bench.sequential import PerTask, SequentialMethod, first_model
 
 
@@ -150,6 +151,14 @@ class PackNet(SequentialMethod):
         "train_bn": False,
         "source_first": False,
         "last_in_chain": False,
+    }
+    # the training lr from the authors' 1e-3 up to the decathlon recipe's 0.1 and beyond, the fine-tuning
+    # lr after pruning, and the fractions pruned: of the source network, and of each task's free weights
+    search_space: ClassVar[dict[str, Distribution]] = {
+        "lr": LogUniform(1e-3, 0.3),
+        "retrain_lr": LogUniform(1e-5, 1e-2),
+        "prune_first": Uniform(0.3, 0.75),
+        "prune": Uniform(0.5, 0.9),
     }
 
     def skeleton(self, spec: BackboneSpec, structure: dict[str, Any]) -> nn.Module:

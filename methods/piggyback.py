@@ -32,6 +32,7 @@ from vdd_bench.methods._surgery import apply_layer, batchnorms, freeze, replace_
 from vdd_bench.backbones import Backbone
 from vdd_bench.errors import VddError
 from vdd_bench.method import Method, Phase, TaskContext, pretrained_backbone, register_method
+from vdd_bench.search import Distribution, LogUniform
 from vdd_bench.store import atomic_write_bytes
 
 MASKED_KINDS = (nn.Conv2d, nn.Linear)
@@ -101,6 +102,11 @@ class Piggyback(Method):
         "train_bn": False,
     }
     schedule_lengths: ClassVar[tuple[str, ...]] = ("epochs", "lr_step_epochs")
+    # Adam on the real-valued masks and on the new classifier, each around the authors' 1e-4
+    search_space: ClassVar[dict[str, Distribution]] = {
+        "lr": LogUniform(1e-5, 1e-2),
+        "classifier_lr": LogUniform(1e-4, 1e-1),
+    }
 
     def build(self, ctx: TaskContext) -> nn.Module:
         hp = ctx.hparams

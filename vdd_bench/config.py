@@ -120,13 +120,21 @@ class RunConfig:
         default_factory=dict
     )  # name -> run id of a run whose results this one reads
     extra: dict[str, Any] = field(default_factory=dict)
+    trial: int = 0  # the trial of a hyper-parameter search (`vdd_bench.search`); 0: the method's defaults
 
     def __post_init__(self) -> None:
         check_name("task", self.task)
         check_name("method", self.method)
+        if not isinstance(self.trial, int) or isinstance(self.trial, bool) or self.trial < 0:
+            raise VddError(f"bad trial {self.trial!r}: a trial is a whole number, 0 for the defaults")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """As a dict; `trial` only when it is not 0, so that a search's trial 0 is the run of the defaults
+        (the same id as before searches existed, and as a sweep without `--trials`)."""
+        d = asdict(self)
+        if not self.trial:
+            del d["trial"]
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:

@@ -26,6 +26,7 @@ from vdd_bench.config import Planner, RunRequest, TaskPlanner
 from vdd_bench.errors import VddError
 from vdd_bench.record import RunRecord
 from vdd_bench.registry import Registry
+from vdd_bench.search import Distribution, LogUniform
 
 METHODS: Registry[type[Method]] = Registry("method", "vdd_bench.methods", "vdd_bench.methods")
 register_method = METHODS.register
@@ -46,6 +47,9 @@ SGD_RECIPE: dict[str, Any] = {
     "batch_size": 128,
 }
 README_FLAGS = {"weight_decay": 5e-4}  # the residual-adapters README's `--wd 5.`, as it reads
+# What a search varies in that recipe (`vdd sweep --trials`): the lr over two decades either side of the
+# SGD baselines' usual values, the weight decay around the recipe's 1e-4.
+SGD_SEARCH: dict[str, Distribution] = {"lr": LogUniform(1e-3, 0.3), "weight_decay": LogUniform(1e-5, 1e-3)}
 
 
 @dataclass(frozen=True)
@@ -203,6 +207,8 @@ class Method:
     # Named sets of hyper-parameters (e.g. the authors' script a default comes from, or a paper's values);
     # `--set preset=NAME` applies one under the user's other overrides; `vdd methods --preset` lists them.
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    # The hyper-parameters a search may vary and how (`vdd_bench.search`); trial 0 of a search is `defaults`.
+    search_space: ClassVar[dict[str, Distribution]] = {}
     # Keys whose value is not one plain type: a function that checks and normalises the value.
     converters: ClassVar[dict[str, Callable[[Any], Any]]] = {}
     # The hyper-parameters that are lengths of the training schedule in epochs: `--epoch-scale` scales
@@ -219,6 +225,11 @@ class Method:
     def resolve(cls, overrides: dict[str, Any], name: str) -> dict[str, Any]:
         """This method's hyper-parameters with `overrides` (and the preset they name) applied."""
         return resolve_hparams(cls.defaults, overrides, name, cls.presets, cls.converters)
+
+    @classmethod
+    def fixed_by(cls, overrides: dict[str, Any]) -> set[str]:
+        """The keys `overrides` sets, itself or through the preset it names: a search leaves them as set."""
+        return set(overrides) | set(cls.presets.get(overrides.get(PRESET), {}))
 
     @classmethod
     def scaled(cls, hparams: dict[str, Any], epoch_scale: float) -> dict[str, Any]:

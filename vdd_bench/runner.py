@@ -31,6 +31,7 @@ from vdd_bench.method import METHODS, Method, TaskContext, get_method
 from vdd_bench.normalization import task_mean_std
 from vdd_bench.record import Accounting, BenchmarkInfo, RunRecord
 from vdd_bench.safeload import load_tensors
+from vdd_bench.search import trial_values
 from vdd_bench.store import RunStore, atomic_write_bytes
 from vdd_bench.tasks.generic import native_resolution, source_task, task_facts
 
@@ -76,11 +77,13 @@ def plan_run(
     seed: int = 0,
     role: str | None = None,
     inputs: dict[str, RunRequest] | None = None,
+    trial: int = 0,
 ) -> RunRequest:
     """Resolve everything a run depends on into its config; refuse what cannot run before any work starts.
 
     `inputs` are runs this one reads besides its method's own dependencies (a chain's previous step);
-    `role` is recorded in the config (e.g. the source task's run of a chain)."""
+    `role` is recorded in the config (e.g. the source task's run of a chain); `trial` is the search trial
+    whose values `overrides` holds (its dependencies are plain runs of the values they are given)."""
     bench = settings.benchmark
     if task not in bench.tasks:
         raise VddError(
@@ -113,15 +116,31 @@ def plan_run(
         seed=seed,
         inputs={name: request.config.run_id for name, request in needs.items()},
         extra={"role": role} if role else {},
+        trial=trial,
     )
     return RunRequest(config, Path(bench.root), settings.backbone_checkpoint, settings.test_labels, needs)
 
 
-def task_planner(settings: RunSettings, method: str, overrides: dict[str, Any], seed: int) -> TaskPlanner:
-    """What `Method.plan_runs` plans with: runs of `method` with `overrides` and `seed` under `settings`."""
+def task_planner(
+    settings: RunSettings,
+    method: str,
+    overrides: dict[str, Any],
+    seed: int,
+    trial: int = 0,
+    chain: list[str] | None = None,
+) -> TaskPlanner:
+    """What `Method.plan_runs` plans with: runs of `method` with `overrides` and `seed` under `settings`,
+    as trial `trial` of a search: the values it draws for the keys `overrides` leaves free, per task, or
+    once for the whole `chain` (the task order of a sequential method)."""
+    method_cls = METHODS.get(method)
+    fixed = method_cls.fixed_by(overrides)
 
     def plan(task: str, step: dict[str, Any], inputs: dict[str, RunRequest]) -> RunRequest:
-        return plan_run(settings, task, method, {**overrides, **step}, seed, inputs=inputs)
+        key = ",".join(chain) if chain else task
+        drawn = trial_values(method_cls.search_space, method, key, trial, fixed | set(step))
+        return plan_run(
+            settings, task, method, {**drawn, **overrides, **step}, seed, inputs=inputs, trial=trial
+        )
 
     return TaskPlanner(plan, source_task(settings.benchmark), dict(overrides))
 

@@ -12,6 +12,7 @@ from vdd_bench.config import RunRequest, RunSettings, read_yaml
 from vdd_bench.errors import VddError
 from vdd_bench.method import METHODS, PRESET, get_method
 from vdd_bench.runner import task_planner
+from vdd_bench.search import free_keys
 
 
 @dataclass
@@ -30,6 +31,7 @@ class SweepSpec:
     protocol: str = "train"
     epoch_scale: float = 1.0
     hparams: dict[str, dict[str, Any]] = field(default_factory=dict)  # per method; "all" for every method
+    search: dict[str, Any] = field(default_factory=dict)  # {trials: N}: trials 0..N-1 of every method
 
     @classmethod
     def from_mapping(cls, data: Any, source: str) -> SweepSpec:
@@ -53,6 +55,7 @@ class SweepSpec:
             "protocol": (str,),
             "epoch_scale": (int, float),
             "hparams": (dict,),
+            "search": (dict,),
         }
         for key, value in data.items():
             if not isinstance(value, checks[key]) or isinstance(value, bool):
@@ -65,7 +68,19 @@ class SweepSpec:
         for method, values in data.get("hparams", {}).items():
             if not isinstance(values, dict):
                 raise VddError(f"{source}: hparams.{method} must be a mapping of hyper-parameters to values")
+        search = data.get("search", {})
+        if set(search) - {"trials"}:
+            raise VddError(
+                f"{source}: search takes one key, trials (how many per method and task): {search!r}"
+            )
+        trials = search.get("trials", 1)
+        if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
+            raise VddError(f"{source}: search.trials must be a whole number of at least 1, got {trials!r}")
         return cls(**data)
+
+    @property
+    def trials(self) -> int:
+        return self.search.get("trials", 1)
 
     @classmethod
     def from_file(cls, path: Path) -> SweepSpec:
@@ -117,13 +132,18 @@ class SweepSpec:
         return [self.tasks] if isinstance(self.tasks, str) else list(self.tasks)
 
     def expand(self, base: Path | None = None) -> list[RunRequest]:
-        """Every run of the sweep, planned (ids computed, inputs checked) but not executed."""
+        """Every run of the sweep, planned (ids computed, inputs checked) but not executed: per method, seed
+        and trial (trial 0 only for a method whose searchable keys the sweep fixes all of)."""
         settings = self.settings(base)
         tasks = self.task_names(settings.benchmark)
         requests = []
         for method in self.method_names():
             overrides = self.overrides_for(method)
-            for seed in self.seeds:  # a sequential method's runs are one chain over the tasks, in their order
-                planner = task_planner(settings, method, overrides, seed)
-                requests += get_method(method).plan_runs(tasks, planner)
+            method_cls = METHODS.get(method)
+            trials = self.trials if free_keys(method_cls.search_space, method_cls.fixed_by(overrides)) else 1
+            chain = tasks if method_cls.sequential else None  # one chain over the tasks, in their order
+            for trial in range(trials):
+                for seed in self.seeds:
+                    planner = task_planner(settings, method, overrides, seed, trial, chain)
+                    requests += get_method(method).plan_runs(tasks, planner)
         return requests
