@@ -177,6 +177,13 @@ def _sweep_requests(sweep_file: Path | None, given: dict[str, Any], sets: tuple[
 @click.option("--methods", default=None, help="Comma-separated (default all).")
 @click.option("--tasks", default=None, help="Comma-separated (default all).")
 @click.option("--seeds", default=None, help="Comma-separated integers (default 0).")
+@click.option(
+    "--trials",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Hyper-parameter search: trials 0..N-1 of every method and task, trial 0 the defaults "
+    "(a sweep file's `search: {trials: N}`) [default: 1].",
+)
 @settings_options
 @click.option("--launcher", type=click.Choice(["local", "slurm"]), default="local", show_default=True)
 @click.option(
@@ -202,6 +209,7 @@ def sweep(sweep_file, given: GivenSettings, sets, dry_run, **options) -> None:
     methods, tasks, seeds = options["methods"], options["tasks"], options["seeds"]
     selection = {"methods": methods and methods.split(","), "tasks": tasks and tasks.split(",")}
     selection["seeds"] = _seeds(seeds) if seeds else None
+    selection["search"] = {"trials": options["trials"]} if options["trials"] else None
     keys = {**given.sweep_keys(), **{k: v for k, v in selection.items() if v is not None}}
     requests = _sweep_requests(sweep_file, keys, sets)
     results, device = options["results"], options["device"]
@@ -209,7 +217,7 @@ def sweep(sweep_file, given: GivenSettings, sets, dry_run, **options) -> None:
         store = RunStore(results)
         for request in requests:
             state = "done" if store.is_done(request.config.run_id) else "todo"
-            click.echo(f"{state}\t{request.config.run_id}")
+            click.echo(f"{state}\t{request.config.run_id}\ttrial {request.config.trial}")
         return
     if profile is not None:
         _sweep_on_slurm(requests, profile, results, device, options["wait"])
@@ -285,6 +293,14 @@ def status(sweep_files, given: GivenSettings, sets, results, as_json) -> None:
 @click.option("--benchmark", "fingerprint", default=None, help="Only this benchmark fingerprint.")
 @click.option("--continual", is_flag=True, help="Chains: accuracy matrix, final accuracy, forgetting.")
 @click.option("--architectures", is_flag=True, help="NetTailor: add each task's kept-architecture diagram.")
+@click.option(
+    "--select",
+    type=click.Choice(["val", "oracle", "default"]),
+    default=None,
+    help="Among a method's settings (search trials): val: best validation accuracy per task and seed "
+    "[default where there are several]; oracle: best test accuracy (an upper bound); default: trial 0 only.",
+)
+@click.option("--show-choice", is_flag=True, help="List the setting chosen for every cell.")
 @sweep_files_option(
     "Sweep file (repeatable): every run it expects that is not done is shown as missing, by run id."
 )
@@ -327,7 +343,8 @@ def leaderboard(
         expected = [e for e in expected if e.config.benchmark == fingerprint]
     if not records and not expected:
         raise VddError(f"no finished runs under {results}: run `vdd demo` or `vdd sweep` first")
-    click.echo(render_groups(build_groups(records, split, expected, store.entry_ids()), fmt, split))
+    groups = build_groups(records, split, expected, store.entry_ids(), options["select"])
+    click.echo(render_groups(groups, fmt, split, options["show_choice"]))
     if fmt == "markdown":
         from vdd_bench.architectures import render_architectures
 

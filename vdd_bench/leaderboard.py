@@ -27,6 +27,7 @@ from typing import Any
 
 from vdd_bench.chains import PREVIOUS, setting, with_final_accuracies
 from vdd_bench.config import RunConfig, canonical_json
+from vdd_bench.errors import VddError
 from vdd_bench.record import BenchmarkInfo, RunRecord
 from vdd_bench.reference import published_rows
 from vdd_bench.score import (
@@ -36,6 +37,8 @@ from vdd_bench.score import (
     learned_nothing,
     official_baselines,
 )
+from vdd_bench.selection import REFIT, REFIT_OF, RULES, SPLIT_OF_RULE, Choice, fixed_setting, selection_key
+from vdd_bench.selection import select as select_runs
 from vdd_bench.store import internal_runs
 
 FORMATS = ("markdown", "latex", "csv", "json")
@@ -87,6 +90,15 @@ class Row:
     score_std: float | None = None  # sample std of the per-seed scores (seeds every task has, 2 or more)
     inputs_only: int = 0  # how many of its runs other runs read as inputs (e.g. NetTailor's teacher)
     floors: dict[str, float] = field(default_factory=dict)  # task -> accuracy without learning (score.py)
+    runs: list[RunRecord] = field(default_factory=list)  # the runs its cells average
+    choices: list[Choice] = field(default_factory=list)  # under a selecting rule: each cell's choice
+
+    def trial_range(self) -> str:
+        """How many settings each selected cell chose among: "5", or "3–5" where cells differ."""
+        counts = sorted({c.candidates for c in self.choices})
+        if not counts:
+            return ""
+        return str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
 
     def learned_nothing(self) -> list[str]:
         """Tasks whose accuracy is at or below chance or the majority class's share: flagged in tables."""
@@ -115,6 +127,8 @@ class Group:
     baseline_note: str
     benchmark_tasks: int  # how many tasks the benchmark has; `tasks` may be fewer
     baselines: dict[str, float] = field(default_factory=dict)  # task -> baseline accuracy the score used
+    rule: str = "default"  # how each cell's run was chosen among a method's settings (`vdd_bench.selection`)
+    hidden_trials: int = 0  # under the default rule: the search trials (trial > 0) left out
 
 
 def _group_key(config: RunConfig) -> str:
@@ -143,10 +157,15 @@ def build_groups(
     split: str = "test",
     expected: list[Expected] | None = None,
     entry_ids: set[str] | None = None,
+    select: str | None = None,
 ) -> list[Group]:
     """Groups of rows; `expected` (the runs of a sweep) makes every one of them that is not done missing;
-    `entry_ids` (`RunStore.entry_ids`) leaves out the runs that exist only as another run's input."""
-    by_group: dict[str, dict[str, list[RunRecord]]] = defaultdict(lambda: defaultdict(list))
+    `entry_ids` (`RunStore.entry_ids`) leaves out the runs that exist only as another run's input; `select`
+    is the rule that picks among a method's settings (`vdd_bench.selection`): None picks `val` where a
+    group has several settings of a method or search trials, else `default`."""
+    if select is not None and select not in RULES:
+        raise VddError(f"unknown selection rule {select!r}: use {', '.join(RULES)}")
+    by_group: dict[str, list[RunRecord]] = defaultdict(list)
     benches: dict[str, BenchmarkInfo] = {}
     records = with_final_accuracies(list(records))  # a chain's entries are its final network's
     done = {record.run_id for record in records}
@@ -156,45 +175,97 @@ def build_groups(
         if record.run_id in internal:
             continue
         gkey = _group_key(record.config)
-        by_group[gkey][_row_key(record.config)].append(record)
+        by_group[gkey].append(record)
         benches.setdefault(gkey, record.benchmark)
-    wanted: dict[str, dict[str, list[Expected]]] = defaultdict(lambda: defaultdict(list))
+    wanted: dict[str, list[Expected]] = defaultdict(list)
     for entry in expected or []:
         if entry.run_id in done:
             continue
         gkey = _group_key(entry.config)
-        wanted[gkey][_row_key(entry.config)].append(entry)
+        wanted[gkey].append(entry)
         benches.setdefault(gkey, entry.benchmark)
+    chosen: set[str] = set()  # the runs selected in train-protocol groups, whose refits trainval groups show
     groups = []
-    for gkey in sorted(set(by_group) | set(wanted)):
-        bench = benches[gkey]
-        rows_by_key = by_group.get(gkey, {})
-        missing_by_key = wanted.get(gkey, {})
-        rows = []
-        for rkey in list(rows_by_key) + [k for k in missing_by_key if k not in rows_by_key]:
-            runs = rows_by_key.get(rkey, [])
-            row = _row(runs, split) if runs else _empty_row(missing_by_key[rkey][0].config)
-            row.inputs_only = sum(r.run_id in read_as_inputs for r in runs)
-            row.missing = [
-                Missing(e.config.task, e.config.seed, e.run_id, e.command)
-                for e in missing_by_key.get(rkey, [])
-            ]
-            rows.append(row)
-        _label_rows(rows)
+    for gkey in sorted(set(by_group) | set(wanted), key=lambda k: json.loads(k)["protocol"] == "trainval"):
+        bench, key = benches[gkey], json.loads(gkey)
+        group_records, group_wanted = by_group.get(gkey, []), wanted.get(gkey, [])
+        rule = _rule(select, group_records, key["protocol"])
+        rows = _rows(group_records, group_wanted, rule, split, chosen)
         # the columns are the tasks this group has runs on or expects (a sweep may cover a subset)
         present = {t for row in rows for t in [*row.params, *(m.task for m in row.missing)]}
         tasks = [t for t in bench.tasks if t in present]
-        if expected is None:
-            for row in rows:
-                row.missing = _inferred_missing(row, tasks)
-        for row in rows:
-            row.missing.sort(key=lambda m: (tasks.index(m.task), m.seed))
-        group = Group(json.loads(gkey), bench.kind, bench.name, tasks, rows, "", len(bench.tasks))
+        _finish_rows(rows, tasks, rule, read_as_inputs, infer_missing=expected is None)
+        group = Group(key, bench.kind, bench.name, tasks, rows, "", len(bench.tasks), rule=rule)
+        if rule == "default":
+            group.hidden_trials = sum(1 for r in group_records if r.config.trial)
         _score(group)
         if group.kind == "decathlon":
             group.rows += _published(tasks)
         groups.append(group)
-    return groups
+    return sorted(groups, key=lambda g: canonical_json(g.key))
+
+
+def _finish_rows(
+    rows: list[Row], tasks: list[str], rule: str, read_as_inputs: set[str], infer_missing: bool
+) -> None:
+    """Labels, the count of runs read as others' inputs, and missing runs in the order of the columns."""
+    _label_rows(rows)
+    for row in rows:
+        row.inputs_only = sum(r.run_id in read_as_inputs for r in row.runs)
+        if rule == REFIT:
+            row.label += " (refit on train+val)"
+        if infer_missing:
+            row.missing = _inferred_missing(row, tasks)
+        row.missing.sort(key=lambda m: (tasks.index(m.task), m.seed))
+
+
+def _rule(select: str | None, records: list[RunRecord], protocol: str) -> str:
+    """The group's rule: a train+val group shows the refits of the settings selected on validation (its own
+    runs have no validation accuracy) when it has refits, else its runs as they are."""
+    if protocol == "trainval":
+        return REFIT if any(REFIT_OF in r.config.extra for r in records) else "default"
+    if select is not None:
+        return select
+    several = defaultdict(set)
+    for record in records:
+        several[record.method].add(_row_key(record.config))
+    searched = any(r.config.trial for r in records) or any(len(keys) > 1 for keys in several.values())
+    return "val" if searched else "default"
+
+
+def _rows(
+    records: list[RunRecord], wanted: list[Expected], rule: str, split: str, chosen: set[str]
+) -> list[Row]:
+    """The rows of one group under `rule`; `chosen` collects the selected runs (a train group's) or gives
+    them (a refit group's)."""
+    if rule == "default":
+        records = [r for r in records if not r.config.trial]
+        wanted = [e for e in wanted if not e.config.trial]
+    elif rule == REFIT:
+        records = [r for r in records if r.config.extra.get(REFIT_OF) in chosen]
+    key = _row_key if rule == "default" else selection_key
+    by_key: dict[str, list[RunRecord]] = defaultdict(list)
+    for record in records:
+        by_key[key(record.config)].append(record)
+    missing_by_key: dict[str, list[Expected]] = defaultdict(list)
+    for entry in wanted:
+        missing_by_key[key(entry.config)].append(entry)
+    rows = []
+    for rkey in list(by_key) + [k for k in missing_by_key if k not in by_key]:
+        runs = by_key.get(rkey, [])
+        choices = select_runs(runs, rule) if rule in SPLIT_OF_RULE else []
+        if rule in SPLIT_OF_RULE:
+            runs = [c.record for c in choices]
+            chosen.update(r.run_id for r in runs)
+        row = _row(runs, split) if runs else _empty_row(missing_by_key[rkey][0].config)
+        if rule != "default":
+            row.hparams = fixed_setting(row.config)
+        row.choices = choices
+        row.missing = [
+            Missing(e.config.task, e.config.seed, e.run_id, e.command) for e in missing_by_key.get(rkey, [])
+        ]
+        rows.append(row)
+    return rows
 
 
 def _row(runs: list[RunRecord], split: str) -> Row:
@@ -224,6 +295,7 @@ def _row(runs: list[RunRecord], split: str) -> Row:
         row.macs[task] = _mean([r.accounting.macs for r in task_runs])
     row.seed_ids = {t: row.seed_ids[t] for t in sorted(row.seed_ids)}
     row.all_seeds = sorted({r.seed for r in runs})
+    row.runs = list(runs)
     return row
 
 

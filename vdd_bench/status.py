@@ -33,6 +33,7 @@ class RunStatus:
     job_id: str | None = None
     log: str | None = None
     error: str | None = None
+    trial: int | None = None  # its search trial (0: the method's defaults)
 
 
 def last_error_line(path: Path) -> str | None:
@@ -58,10 +59,10 @@ def run_statuses(
     for run_id in run_ids:
         folder = store.run_dir(run_id)
         config = (configs or {}).get(run_id)
-        method, task, seed = (
-            (config.method, config.task, config.seed) if config else _identity(folder, run_id)
+        method, task, seed, trial = (
+            (config.method, config.task, config.seed, config.trial) if config else _identity(folder, run_id)
         )
-        status = RunStatus(run_id, method, task, seed, "todo")
+        status = RunStatus(run_id, method, task, seed, "todo", trial=trial)
         submission = read_submission(folder)
         if submission is not None:
             status.job_id, status.log = submission["job_id"], submission["stderr"]
@@ -90,24 +91,23 @@ def run_statuses(
     return out
 
 
-def _identity(folder: Path, run_id: str) -> tuple[str, str, int | None]:
+def _identity(folder: Path, run_id: str) -> tuple[str, str, int | None, int | None]:
     try:
         config = json.loads((folder / "config.json").read_text())
-        return config["method"], config["task"], config["seed"]
+        return config["method"], config["task"], config["seed"], config.get("trial", 0)
     except (FileNotFoundError, ValueError, KeyError):
         method, _, rest = run_id.partition("--")
-        return method, rest.rpartition("--")[0], None
+        return method, rest.rpartition("--")[0], None, None
 
 
 def render_status(statuses: list[RunStatus]) -> str:
     from tabulate import tabulate
 
     rows = [
-        [s.state, s.method, s.task, s.seed, s.job_id, s.run_id, s.log if s.error else None, s.error]
+        [s.state, s.method, s.task, s.seed, s.trial, s.job_id, s.run_id, s.log if s.error else None, s.error]
         for s in statuses
     ]
     counts = ", ".join(f"{sum(s.state == k for s in statuses)} {k}" for k in STATES)
-    table = tabulate(
-        rows, ["state", "method", "task", "seed", "job", "run", "log", "last error"], missingval=""
-    )
+    headers = ["state", "method", "task", "seed", "trial", "job", "run", "log", "last error"]
+    table = tabulate(rows, headers, missingval="")
     return f"{table}\n\n{len(statuses)} runs: {counts}"

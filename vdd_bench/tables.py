@@ -22,6 +22,7 @@ from tabulate import tabulate
 from vdd_bench.chains import ChainResult
 from vdd_bench.errors import VddError
 from vdd_bench.leaderboard import FORMATS, Group, Row, row_mean, row_mean_std
+from vdd_bench.selection import REFIT, SPLIT_OF_RULE, Choice
 from vdd_bench.tasks.decathlon import DECATHLON
 
 MISSING = "missing"
@@ -31,7 +32,10 @@ HEADERS_TAIL = ["Mean", "Score", "Params (M)", "Task-specific (M)", "GMACs"]
 _LATEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"} | {"~": r"\textasciitilde{}", "^": r"\^{}"}
 
 
-def render_groups(groups: list[Group], fmt: str = "markdown", split: str = "test") -> str:
+def render_groups(
+    groups: list[Group], fmt: str = "markdown", split: str = "test", show_choice: bool = False
+) -> str:
+    """The groups in `fmt`; `show_choice` lists under each table the setting chosen for every cell."""
     if fmt not in FORMATS:
         raise VddError(f"unknown leaderboard format {fmt!r}: use one of {', '.join(FORMATS)}")
     if fmt == "json":
@@ -39,7 +43,58 @@ def render_groups(groups: list[Group], fmt: str = "markdown", split: str = "test
     if fmt == "csv":
         return "\n\n".join(_csv(g) for g in groups)
     render_one = _latex if fmt == "latex" else _markdown
-    return "\n\n".join(render_one(g, split) for g in groups)
+    return "\n\n".join(render_one(g, split, show_choice) for g in groups)
+
+
+def selecting(group: Group) -> bool:
+    """Whether the group's cells were chosen among settings by a rule (`val` or `oracle`)."""
+    return group.rule in SPLIT_OF_RULE
+
+
+def rule_lines(group: Group) -> list[str]:
+    """The sentence under a table that says how its cells were chosen (none for a plain table)."""
+    if group.rule == "val":
+        return [
+            "selection (val): each cell is the test accuracy of the method's setting with the best "
+            "validation accuracy on that task and seed, among the settings that differ only in searched "
+            "hyper-parameters (Trials: how many); a chain method's chain is one setting, chosen on its final "
+            "network's mean validation accuracy; ties go to the lower trial; seeds averaged after selection"
+        ]
+    if group.rule == "oracle":
+        return [
+            "selection (oracle): each cell is the BEST TEST accuracy among the method's settings (Trials: "
+            "how many): an upper bound on what the search can find, not a result to report"
+        ]
+    if group.rule == REFIT:
+        return [
+            "refit: each cell is the test accuracy of the setting selected on validation in this benchmark's "
+            "train-protocol table, trained again on train+val (`vdd sweep --refit`)"
+        ]
+    if group.hidden_trials:
+        return [
+            f"selection (default): trial 0 only, each setting its own row; {group.hidden_trials} search "
+            "trial run(s) left out (`--select val` chooses among them)"
+        ]
+    return []
+
+
+def choice_lines(group: Group, prefix: str = "") -> list[str]:
+    """Under a selected table: the setting chosen for each cell (a chain's once per seed)."""
+    lines, seen = [], set()
+    for row in group.rows:
+        for choice in row.choices:
+            record = choice.record
+            chain = record.chain_end
+            if chain and (row.label, record.seed, chain) in seen:
+                continue
+            seen.add((row.label, record.seed, chain))
+            where = f"its chain, seed {record.seed}" if chain else f"{record.task}, seed {record.seed}"
+            values = ", ".join(f"{k}={v}" for k, v in choice.values.items())
+            lines.append(
+                f"{prefix}- {row.label} on {where}: trial {record.config.trial} of {choice.candidates} "
+                f"({chain or record.run_id}), {SPLIT_OF_RULE[group.rule]} {choice.score:.2f}: {values}"
+            )
+    return [f"{prefix}chosen settings:", *lines] if lines else []
 
 
 def columns(group: Group) -> list[str]:
@@ -163,19 +218,27 @@ def _missing_lines(group: Group, prefix: str = "") -> list[str]:
     return [f"{prefix}{header}):", *lines]
 
 
-def _markdown(group: Group, split: str) -> str:
-    headers = ["Method", *columns(group), *HEADERS_TAIL, "Seeds"]
+def _markdown(group: Group, split: str, show_choice: bool = False) -> str:
+    trials = ["Trials"] if selecting(group) else []
+    headers = ["Method", *columns(group), *HEADERS_TAIL, "Seeds", *trials]
     rows = []
     for row in group.rows:
         summary = _summary_cells(group, row)
+        counts = [row.trial_range() or NONE] if trials else []
         rows.append(
-            [row.label, *(_acc_cell(row, t) for t in group.tasks), *summary, row.seed_range() or NONE]
+            [
+                row.label,
+                *(_acc_cell(row, t) for t in group.tasks),
+                *summary,
+                row.seed_range() or NONE,
+                *counts,
+            ]
         )
     table = tabulate(rows, headers, tablefmt="github", disable_numparse=True)
-    parts = [title(group), table, _note(split), *_flag_lines(group)]
-    missing = _missing_lines(group)
-    if missing:
-        parts.append("\n".join(missing))
+    parts = [title(group), table, *rule_lines(group), _note(split), *_flag_lines(group)]
+    for lines in (_missing_lines(group), choice_lines(group) if show_choice else []):
+        if lines:
+            parts.append("\n".join(lines))
     return "\n\n".join(parts)
 
 
@@ -183,7 +246,7 @@ def _escape(text: str) -> str:
     return "".join(_LATEX_SPECIAL.get(c, c) for c in text)
 
 
-def _latex(group: Group, split: str) -> str:
+def _latex(group: Group, split: str, show_choice: bool = False) -> str:
     """booktabs tabular; the best printed value per column in bold (only where two or more rows compare)."""
     summaries = [_summary(group, row) for row in group.rows]
     best_acc = {}
@@ -207,8 +270,10 @@ def _latex(group: Group, split: str) -> str:
             cells.append({MISSING: r"\emph{missing}", NONE: "--"}.get(cell, cell))
         tail = _summary_cells(group, row, lambda i, text: emph(text, best_tail[i]), r" $\pm$ ")
         cells += ["--" if cell == NONE else cell for cell in tail]
+        cells += [row.trial_range() or "--"] if selecting(group) else []
         body.append(cells)
-    headers = [_escape(h) for h in ["Method", *columns(group), *HEADERS_TAIL]]
+    trials = ["Trials"] if selecting(group) else []
+    headers = [_escape(h) for h in ["Method", *columns(group), *HEADERS_TAIL, *trials]]
     raw = tabulate(
         body,
         headers,
@@ -218,7 +283,8 @@ def _latex(group: Group, split: str) -> str:
     )
     rules = iter([r"\toprule", r"\midrule", r"\bottomrule"])
     table = "\n".join(next(rules) if line == r"\hline" else line for line in raw.splitlines())
-    notes = [_note(split).replace("±", "+-"), *_flag_lines(group, "dagger:"), *_missing_lines(group)]
+    notes = [*rule_lines(group), _note(split).replace("±", "+-"), *_flag_lines(group, "dagger:")]
+    notes += [*_missing_lines(group), *(choice_lines(group) if show_choice else [])]
     comments = [*title(group).splitlines(), *notes]
     head = "\n".join(f"% {line}" for line in title(group).splitlines())
     tail = "\n".join(f"% {line}" for line in comments[len(title(group).splitlines()) :])
@@ -229,7 +295,8 @@ def _csv(group: Group) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     task_headers = [h for c in columns(group) for h in (c, f"{c} std", f"{c} seeds")]
-    tail_headers = [*HEADERS_TAIL, "Mean std", "Score std", "Missing runs", "Learned nothing"]
+    trials = ["Trials"] if selecting(group) else []
+    tail_headers = [*HEADERS_TAIL, "Mean std", "Score std", "Missing runs", "Learned nothing", *trials]
     writer.writerow(["group", "Method", *task_headers, *tail_headers])
     name = f"{group.name}/{group.key['benchmark']}"
     for row in group.rows:
@@ -247,13 +314,16 @@ def _csv(group: Group) -> str:
         ]
         cells.append("; ".join(f"{m.task} seed {m.seed}: {m.run_id or m.command}" for m in row.missing))
         cells.append("; ".join(row.learned_nothing()))
+        cells += [row.trial_range()] if trials else []
         writer.writerow(cells)
     return buffer.getvalue().rstrip("\n")
 
 
 def as_json(group: Group) -> dict[str, Any]:
+    selection = {"selection": {"rule": group.rule, "note": rule_lines(group)}} if rule_lines(group) else {}
     return {
         "benchmark": {"name": group.name, "kind": group.kind, **group.key},
+        **selection,
         "tasks": group.tasks,
         "baseline_note": group.baseline_note,
         "baselines": group.baselines,
@@ -279,9 +349,23 @@ def as_json(group: Group) -> dict[str, Any]:
                     {"task": m.task, "seed": m.seed, "run_id": m.run_id, "command": m.command}
                     for m in row.missing
                 ],
+                **({"choices": [_choice_json(c) for c in row.choices]} if row.choices else {}),
             }
             for row in group.rows
         ],
+    }
+
+
+def _choice_json(choice: Choice) -> dict[str, Any]:
+    record = choice.record
+    return {
+        "task": record.task,
+        "seed": record.seed,
+        "run_id": record.run_id,
+        "trial": record.config.trial,
+        "trials": choice.candidates,
+        "selected_on": choice.score,
+        "values": choice.values,
     }
 
 

@@ -1,0 +1,159 @@
+"""Model selection: the leaderboard picks among a method's settings on validation data only."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from record_helpers import make_record
+
+from vdd_bench.cli import main
+from vdd_bench.config import RunConfig
+from vdd_bench.leaderboard import build_groups
+from vdd_bench.method import METHODS
+from vdd_bench.record import RunRecord
+from vdd_bench.selection import select
+from vdd_bench.store import RunStore
+
+
+def _record(task: str, trial: int, lr: float, val: float, test: float, seed: int = 0) -> RunRecord:
+    config = RunConfig(
+        "b" * 12, "custom", task, "feature", {"epochs": 2, "lr": lr}, {"checkpoint": "c" * 12}, 36,
+        seed=seed, trial=trial,
+    )  # fmt: skip
+    return make_record(config, {"val_acc": val, "test_acc": test})
+
+
+def _chosen(records: list[RunRecord], rule: str) -> dict[tuple[str, int], int]:
+    return {(c.record.task, c.record.seed): c.record.config.trial for c in select(records, rule)}
+
+
+def test_val_picks_the_best_validation_run_oracle_the_best_test_and_ties_go_to_the_lower_trial() -> None:
+    records = [
+        _record("alpha", 0, 0.1, val=50.0, test=70.0),
+        _record("alpha", 1, 0.01, val=60.0, test=55.0),
+        _record("alpha", 2, 0.02, val=60.0, test=58.0),  # ties trial 1 on validation
+        _record("beta", 0, 0.1, val=40.0, test=41.0),
+        _record("beta", 1, 0.03, val=30.0, test=45.0),
+    ]
+    assert _chosen(records, "val") == {("alpha", 0): 1, ("beta", 0): 0}
+    assert _chosen(records, "oracle") == {("alpha", 0): 0, ("beta", 0): 1}
+    assert {c.candidates for c in select(records, "val")} == {3, 2}
+
+
+def test_val_choices_never_move_when_the_test_accuracies_are_permuted() -> None:
+    """Scrambling which run has which test accuracy (what permuting the test labels does to the records)
+    leaves every `val` choice as it was; the oracle's choices move, so the check can fail."""
+    rng = random.Random(0)
+    records = [
+        _record(task, trial, 10.0 ** -rng.uniform(1, 4), rng.uniform(20, 80), rng.uniform(20, 80), seed)
+        for task in ("alpha", "beta", "gamma")
+        for seed in (0, 1)
+        for trial in range(6)
+    ]
+    before_val, before_oracle = _chosen(records, "val"), _chosen(records, "oracle")
+    tests = [r.metrics["test_acc"] for r in records]
+    moved = 0
+    for attempt in range(10):
+        random.Random(attempt).shuffle(tests)
+        permuted = [
+            replace(r, metrics={**r.metrics, "test_acc": t}) for r, t in zip(records, tests, strict=True)
+        ]
+        assert _chosen(permuted, "val") == before_val
+        moved += _chosen(permuted, "oracle") != before_oracle
+    assert moved > 0
+
+
+def test_seeds_are_averaged_after_selection_and_the_default_rule_keeps_trial_0() -> None:
+    records = [
+        _record("alpha", 0, 0.1, val=50.0, test=60.0, seed=0),
+        _record("alpha", 1, 0.01, val=70.0, test=80.0, seed=0),
+        _record("alpha", 0, 0.1, val=75.0, test=90.0, seed=1),  # seed 1 keeps its defaults
+        _record("alpha", 1, 0.01, val=65.0, test=70.0, seed=1),
+    ]
+    [group] = build_groups(records)  # search trials: val is the default rule
+    assert group.rule == "val"
+    [row] = group.rows
+    assert row.accs["alpha"] == pytest.approx((80.0 + 90.0) / 2) and row.trial_range() == "2"
+    [group] = build_groups(records, select="default")
+    [row] = group.rows
+    assert row.accs["alpha"] == pytest.approx((60.0 + 90.0) / 2) and group.hidden_trials == 2
+
+
+def test_a_chain_method_is_selected_as_a_whole_chain() -> None:
+    """PackNet's trial is one network for every task: the chain with the best mean final validation accuracy
+    gives every task's cell, even where another chain is better on that task alone."""
+
+    def chain(trial: int, lr: float, finals: dict[str, tuple[float, float]]) -> list[RunRecord]:
+        steps, previous = [], {}
+        for task in finals:
+            config = RunConfig(
+                "b" * 12, "custom", task, "packnet", {"lr": lr}, {"checkpoint": "c" * 12}, 36,
+                inputs=previous, trial=trial,
+            )  # fmt: skip
+            steps.append(make_record(config, {"val_acc": 0.0, "test_acc": 0.0}, chain_step=True))
+            previous = {"previous": config.run_id}
+        accuracy = {s: {t: v[i] for t, v in finals.items()} for i, s in enumerate(("val", "test"))}
+        steps[-1] = replace(steps[-1], continual={"accuracy": accuracy})
+        return steps
+
+    records = chain(0, 0.001, {"alpha": (50.0, 50.0), "beta": (90.0, 90.0)})
+    records += chain(1, 0.1, {"alpha": (80.0, 81.0), "beta": (70.0, 71.0)})  # mean val 75 > 70
+    [group] = build_groups(records, select="val")
+    [row] = group.rows
+    assert row.accs == {"alpha": 81.0, "beta": 71.0}
+    assert {c.record.config.trial for c in row.choices} == {1}
+
+
+@pytest.fixture
+def bad_default_feature(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The feature extractor with a deliberately bad default learning rate (1e-6)."""
+    cls = METHODS.get("feature")
+    monkeypatch.setattr(cls, "defaults", {**cls.defaults, "lr": 1e-6})
+
+
+def test_a_search_on_the_toy_chooses_on_validation_only_and_is_ordinary_runs(
+    toy_root: Path, toy_backbone: Path, tmp_path: Path, bad_default_feature: None
+) -> None:
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        f"benchmark: {toy_root}\nbackbone_checkpoint: {toy_backbone}\nmethods: [feature]\n"
+        "tasks: [colors, digits]\nsearch: {trials: 3}\nhparams:\n  feature: {epochs: 2, batch_size: 32}\n"
+    )
+    results = ["--results", str(tmp_path / "results")]
+    cli = CliRunner()
+    ran = cli.invoke(main, ["sweep", "--file", str(sweep), *results])
+    assert ran.exit_code == 0, ran.output
+    assert "6 runs: 0 already done, 6 completed" in ran.output
+    again = cli.invoke(main, ["sweep", "--file", str(sweep), *results])  # a relaunch runs nothing new
+    assert "6 runs: 6 already done, 0 completed" in again.output
+    status = cli.invoke(main, ["status", "--sweep", str(sweep), *results])
+    assert status.exit_code == 0, status.output
+    assert status.output.rstrip().endswith("6 runs: 6 done, 0 running, 0 pending, 0 failed, 0 todo")
+
+    board = cli.invoke(main, ["leaderboard", *results, "--show-choice", "--format", "json"])
+    [group] = json.loads(board.output)
+    assert group["selection"]["rule"] == "val"
+    [row] = group["rows"]
+    choices = {(c["task"], c["seed"]): c for c in row["choices"]}
+    assert sorted(choices) == [("colors", 0), ("digits", 0)]
+    assert all(c["trial"] != 0 and c["trials"] == 3 for c in choices.values()), choices  # lr 1e-6 loses
+    text = cli.invoke(main, ["leaderboard", *results, "--show-choice"]).output
+    assert "selection (val)" in text and "chosen settings:" in text and "| Trials" in text
+
+    records = list(RunStore(tmp_path / "results").done_records())
+    before = _chosen(records, "val")
+    rng = np.random.default_rng(0)
+    for attempt in range(3):  # the test labels permuted: every test accuracy recomputed from predictions
+        permuted = []
+        for record in records:
+            saved = np.load(tmp_path / "results" / "runs" / record.run_id / "predictions.npz")
+            labels = rng.permutation(saved["test_labels"])
+            test_acc = float(100.0 * np.mean(saved["test_pred"] == labels))
+            permuted.append(replace(record, metrics={**record.metrics, "test_acc": test_acc}))
+        assert _chosen(permuted, "val") == before, attempt
