@@ -157,3 +157,59 @@ def test_a_search_on_the_toy_chooses_on_validation_only_and_is_ordinary_runs(
             test_acc = float(100.0 * np.mean(saved["test_pred"] == labels))
             permuted.append(replace(record, metrics={**record.metrics, "test_acc": test_acc}))
         assert _chosen(permuted, "val") == before, attempt
+
+    plots = cli.invoke(main, ["plot", *results, "--out", str(tmp_path / "plots"), "--formats", "png"])
+    assert plots.exit_code == 0, plots.output
+    [figure] = [p for p in (tmp_path / "plots").iterdir() if p.name.endswith("-search.png")]
+    assert figure.stat().st_size > 5000
+
+    # the refit: each chosen setting again on train+val, shown as the refit of the current choice
+    refit = cli.invoke(main, ["sweep", "--file", str(sweep), *results, "--refit"])
+    assert refit.exit_code == 0, refit.output
+    assert "2 runs: 0 already done, 2 completed" in refit.output
+    refits = [r for r in RunStore(tmp_path / "results").done_records() if r.config.protocol == "trainval"]
+    chosen = {(c.record.task, c.record.seed): c.record for c in select(records, "val")}
+    for record in refits:
+        source = chosen[(record.task, record.seed)]
+        assert record.config.extra == {"refit_of": source.run_id}
+        assert record.config.hparams == source.config.hparams and record.accuracy("val") is None
+    groups = json.loads(cli.invoke(main, ["leaderboard", *results, "--format", "json"]).output)
+    [refit_group] = [g for g in groups if g["benchmark"]["protocol"] == "trainval"]
+    assert refit_group["selection"]["rule"] == "refit"
+    [row] = refit_group["rows"]
+    assert row["label"] == "feature (refit on train+val)"
+    assert row["accuracy"] == {r.task: r.accuracy("test") for r in refits}
+
+
+def test_a_chain_methods_refit_is_its_chosen_chain_again_on_train_and_val(
+    toy_root: Path, toy_backbone: Path, tmp_path: Path
+) -> None:
+    """Made-up results for a PackNet search of two chains (trial 1 better on validation): the refit is that
+    chain's setting, step by step in the same order under trainval, each step naming the step it refits."""
+    from vdd_bench.refit import plan_refits
+    from vdd_bench.sweep import SweepSpec
+
+    spec = SweepSpec.from_mapping(
+        {"benchmark": str(toy_root), "backbone_checkpoint": str(toy_backbone), "methods": ["packnet"],
+         "tasks": ["colors", "shapes"], "search": {"trials": 2}},
+        "test",
+    )  # fmt: skip
+    requests = spec.expand()
+    store = RunStore(tmp_path)
+    with pytest.raises(Exception, match="--refit needs the whole search done: 4 of its 4 runs"):
+        plan_refits(requests, store)
+    finals = {0: {"colors": 60.0, "shapes": 50.0}, 1: {"colors": 70.0, "shapes": 65.0}}
+    for request in requests:
+        config = request.config
+        store.start(config)
+        store.finish(make_record(config, {"val_acc": 1.0, "test_acc": 1.0}, chain_step=True))
+        if config.hparams["last_in_chain"]:
+            accuracy = {split: finals[config.trial] for split in ("val", "test")}
+            (store.run_dir(config.run_id) / "continual.json").write_text(json.dumps({"accuracy": accuracy}))
+    refits = plan_refits(requests, store)
+    chosen = [r.config for r in requests if r.config.trial == 1]
+    assert [r.config.task for r in refits] == ["colors", "shapes"]
+    assert all(r.config.protocol == "trainval" for r in refits)
+    assert [r.config.hparams for r in refits] == [c.hparams for c in chosen]
+    assert [r.config.extra["refit_of"] for r in refits] == [c.run_id for c in chosen]
+    assert refits[1].config.inputs["previous"] == refits[0].config.run_id

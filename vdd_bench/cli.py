@@ -193,11 +193,16 @@ def _sweep_requests(sweep_file: Path | None, given: dict[str, Any], sets: tuple[
 )
 @click.option("--wait", is_flag=True, help="SLURM: return once the submitted jobs have left the queue.")
 @click.option("--dry-run", is_flag=True, help="List the runs and whether they are done; run nothing.")
+@click.option(
+    "--refit",
+    is_flag=True,
+    help="After a search: train each setting selected on validation again on train+val (protocol trainval).",
+)
 @SETS
 @RESULTS
 @DEVICE
 @PROGRESS
-def sweep(sweep_file, given: GivenSettings, sets, dry_run, **options) -> None:
+def sweep(sweep_file, given: GivenSettings, sets, dry_run, refit, **options) -> None:
     """Methods x tasks x seeds on one benchmark, from a sweep file and/or options; done runs are skipped.
 
     With --launcher slurm the runs are submitted as job arrays (one per method and dependency level) and
@@ -213,6 +218,11 @@ def sweep(sweep_file, given: GivenSettings, sets, dry_run, **options) -> None:
     keys = {**given.sweep_keys(), **{k: v for k, v in selection.items() if v is not None}}
     requests = _sweep_requests(sweep_file, keys, sets)
     results, device = options["results"], options["device"]
+    if refit:
+        from vdd_bench.refit import plan_refits
+        from vdd_bench.store import RunStore
+
+        requests = plan_refits(requests, RunStore(results))
     if dry_run:
         store = RunStore(results)
         for request in requests:

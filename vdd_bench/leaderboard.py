@@ -92,6 +92,7 @@ class Row:
     floors: dict[str, float] = field(default_factory=dict)  # task -> accuracy without learning (score.py)
     runs: list[RunRecord] = field(default_factory=list)  # the runs its cells average
     choices: list[Choice] = field(default_factory=list)  # under a selecting rule: each cell's choice
+    searched: list[RunRecord] = field(default_factory=list)  # under a selecting rule: every candidate run
 
     def trial_range(self) -> str:
         """How many settings each selected cell chose among: "5", or "3–5" where cells differ."""
@@ -253,11 +254,12 @@ def _rows(
     rows = []
     for rkey in list(by_key) + [k for k in missing_by_key if k not in by_key]:
         runs = by_key.get(rkey, [])
-        choices = select_runs(runs, rule) if rule in SPLIT_OF_RULE else []
+        searched, choices = (runs, select_runs(runs, rule)) if rule in SPLIT_OF_RULE else ([], [])
         if rule in SPLIT_OF_RULE:
             runs = [c.record for c in choices]
             chosen.update(r.run_id for r in runs)
         row = _row(runs, split) if runs else _empty_row(missing_by_key[rkey][0].config)
+        row.searched = searched
         if rule != "default":
             row.hparams = fixed_setting(row.config)
         row.choices = choices

@@ -3,7 +3,9 @@
 - accuracy against task-specific parameters, one panel per task, one marker per method;
 - decathlon score against average MACs per method (published rows hollow, on the real decathlon);
 - NetTailor's tailored architectures: a tasks x blocks grid of what each task kept (the pre-trained block,
-  only proxies, or nothing), like the paper's figure, from the selection runs' `method_report.blocks`.
+  only proxies, or nothing), like the paper's figure, from the selection runs' `method_report.blocks`;
+- a hyper-parameter search: validation accuracy against trial, one panel per method, one colour per task,
+  each trial a point and the best so far a step line (how much the search found, and when).
 
 matplotlib is imported here only, when a figure is drawn, so the rest of the harness never pays for it.
 """
@@ -206,6 +208,48 @@ def nettailor_blocks(
     return paths
 
 
+def search_trials(group: Group, out: Path, formats: tuple[str, ...] = FIGURE_FORMATS) -> list[Path] | None:
+    """Validation accuracy (mean over seeds) of every trial of every searched row; None without a search."""
+    rows = [row for row in group.rows if len({r.config.trial for r in row.searched}) > 1]
+    if not rows:
+        return None
+    from matplotlib.ticker import MaxNLocator
+
+    plt = _pyplot()
+    colours = _markers(group.tasks)
+    width = min(3, len(rows))
+    height = math.ceil(len(rows) / width)
+    fig, axes = plt.subplots(height, width, figsize=(4.2 * width, 3.2 * height), squeeze=False)
+    for ax, row in zip(axes.flat, rows, strict=False):
+        for task in group.tasks:
+            by_trial: dict[int, list[float]] = {}
+            for record in row.searched:
+                value = record.accuracy("val")
+                if record.task == task and value is not None:
+                    by_trial.setdefault(record.config.trial, []).append(value)
+            if not by_trial:
+                continue
+            trials = sorted(by_trial)
+            values = [sum(by_trial[t]) / len(by_trial[t]) for t in trials]
+            best = [max(values[: i + 1]) for i in range(len(values))]
+            colour = colours[task][1]
+            ax.plot(trials, values, "o", color=colour, markersize=3.5, alpha=0.7)
+            ax.step(trials, best, where="post", color=colour, linewidth=1.2, label=task)
+        ax.set_title(short_label(row.label), fontsize=9)
+        ax.set_xlabel("trial (0: the defaults)", fontsize=8)
+        ax.set_ylabel("validation accuracy %", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(rows) :]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=7, frameon=False)
+    fig.suptitle(f"Search: validation accuracy by trial (line: best so far), {group.name}", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out, f"{group_stem(group)}-search", formats)
+
+
 def plot_all(
     groups: list[Group], records: list[RunRecord], out: Path, formats: tuple[str, ...] = FIGURE_FORMATS
 ) -> list[Path]:
@@ -215,5 +259,6 @@ def plot_all(
         if any(not r.published and r.accs for r in group.rows):
             paths += accuracy_vs_params(group, out, formats)
         paths += score_vs_macs(group, out, formats) or []
+        paths += search_trials(group, out, formats) or []
     paths += nettailor_blocks(records, out, formats) or []
     return paths

@@ -50,7 +50,9 @@ class PretrainPlan:
         return self.task or source_task(self.settings.benchmark)
 
     def request(self) -> RunRequest:
-        request = plan_run(self.settings, self.source, "scratch", self.overrides, self.seed, role="pretrain")
+        request = plan_run(
+            self.settings, self.source, "scratch", self.overrides, self.seed, {"role": "pretrain"}
+        )
         if self.processes > 1:
             check_batch(request.config.hparams["batch_size"], self.processes)
             if not self.sync_bn:

@@ -75,15 +75,16 @@ def plan_run(
     method: str,
     overrides: dict[str, Any] | None = None,
     seed: int = 0,
-    role: str | None = None,
+    extra: dict[str, Any] | None = None,
     inputs: dict[str, RunRequest] | None = None,
     trial: int = 0,
 ) -> RunRequest:
     """Resolve everything a run depends on into its config; refuse what cannot run before any work starts.
 
     `inputs` are runs this one reads besides its method's own dependencies (a chain's previous step);
-    `role` is recorded in the config (e.g. the source task's run of a chain); `trial` is the search trial
-    whose values `overrides` holds (its dependencies are plain runs of the values they are given)."""
+    `extra` is recorded in the config (the role of a backbone's pre-training, the run a refit refits);
+    `trial` is the search trial whose values `overrides` holds (its dependencies are plain runs of the
+    values they are given)."""
     bench = settings.benchmark
     if task not in bench.tasks:
         raise VddError(
@@ -115,7 +116,7 @@ def plan_run(
         protocol=settings.protocol,
         seed=seed,
         inputs={name: request.config.run_id for name, request in needs.items()},
-        extra={"role": role} if role else {},
+        extra=dict(extra or {}),
         trial=trial,
     )
     return RunRequest(config, Path(bench.root), settings.backbone_checkpoint, settings.test_labels, needs)
