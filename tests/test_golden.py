@@ -102,3 +102,28 @@ def test_vdd_score_with_the_leaderboard_json_as_baselines_gives_the_leaderboard_
     assert result.exit_code == 0, result.output
     scored = json.loads(result.output)["feature"]
     assert scored["per_task"] == pytest.approx(feature["score"]) and scored["total"] == feature["score_total"]
+
+
+SEARCH = GOLDEN / "search"
+
+
+@pytest.mark.parametrize(
+    ("rule", "fmt", "suffix"),
+    [
+        ("val", "markdown", "md"),
+        ("val", "latex", "tex"),
+        ("oracle", "markdown", "md"),
+        ("default", "markdown", "md"),
+    ],
+)
+def test_the_selected_leaderboard_of_a_search(rule: str, fmt: str, suffix: str) -> None:
+    """A search's table under each rule, with the rule under it and (val) the chosen setting of each cell."""
+    args = ["leaderboard", "--results", str(SEARCH), "--format", fmt, "--select", rule, "--show-choice"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    check(f"search-{rule}.{suffix}", result.output)
+
+
+def test_val_is_the_rule_when_a_search_is_there() -> None:
+    plain = CliRunner().invoke(main, ["leaderboard", "--results", str(SEARCH), "--show-choice"]).output
+    assert plain == (GOLDEN / "expected" / "search-val.md").read_text()

@@ -1,7 +1,9 @@
 """Writes the golden fake run folders (tests/golden/runs/): finished records with made-up numbers.
 
 Run once from the repository root (`python tests/golden/make_runs.py`); the folders are checked in, and
-tests/test_golden.py compares what the leaderboard makes of them with tests/golden/expected/.
+tests/test_golden.py compares what the leaderboard makes of them with tests/golden/expected/. The runs of a
+hyper-parameter search (several trials per method, validation and test accuracies that disagree on which
+trial is best) are apart, in tests/golden/search/runs/, so that the other tables stay plain.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ def write(
     bench: dict, method: str, task: str, seed: int, acc: float, params: tuple[int, float, int],
     hparams: dict | None = None, inputs: dict | None = None, report: dict | None = None,
     internal: bool = False, timing: dict | None = None, majority: float | None = None,
+    val: float | None = None, trial: int = 0, folder: str = "runs",
 ) -> str:  # fmt: skip
     config = RunConfig(
         benchmark=bench["fingerprint"], benchmark_kind=bench["kind"], task=task, method=method,
-        hparams=hparams or SGD, backbone=BACKBONE, resolution=36, seed=seed, inputs=inputs or {},
+        hparams=hparams or SGD, backbone=BACKBONE, resolution=36, seed=seed, inputs=inputs or {}, trial=trial,
     )  # fmt: skip
     total, task_equiv, macs = params
     record = {
@@ -41,18 +44,18 @@ def write(
         "method": method,
         "internal": internal,
         "num_classes": 10,
-        "metrics": {"test_acc": acc, "val_acc": acc - 1.0,
+        "metrics": {"test_acc": acc, "val_acc": acc - 1.0 if val is None else val,
                     **({"test_majority_acc": majority} if majority is not None else {})},
         "method_report": report or {},
         "accounting": {"params_total": total, "params_task_equiv": task_equiv, "macs": macs,
                        "params_task": int(task_equiv), "params_shared": total - int(task_equiv)},
         "timing": {"train_s": 1.0, "eval_s": 0.1, **(timing or {})},
     }  # fmt: skip
-    folder = HERE / "runs" / config.run_id
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
-    (folder / "record.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    (folder / "done").write_text("")
+    run_dir = HERE / folder / config.run_id
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+    (run_dir / "record.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    (run_dir / "done").write_text("")
     return config.run_id
 
 
@@ -115,5 +118,48 @@ def main() -> None:
             write(DECATHLON, "piggyback", task, seed, acc, (6_000_000, 190_000.0, 850_000_000))
 
 
+SEARCH = {"fingerprint": "5ea7c4000001", "kind": "custom", "name": "search-golden",
+          "tasks": ["source", "alpha", "beta"]}  # fmt: skip
+
+
+def search_runs() -> None:
+    """Three methods searched on two tasks: fine-tuning and the feature extractor with 3 trials (one seed),
+    Piggyback with 4 and two seeds, its defaults (trial 0) at chance. In some cells the best validation
+    accuracy and the best test accuracy are different trials, so `val` and `oracle` differ."""
+    shutil.rmtree(HERE / "search", ignore_errors=True)
+    full, feature, masks = (360_000, 362_000.0, 13_500_000), (360_000, 2_500.0, 13_500_000), (
+        360_000, 14_000.0, 13_500_000)  # fmt: skip
+    searched = {  # method: ({trial: hyper-parameters}, {(task, seed): [(val, test) of each trial]}, params)
+        "finetune": (
+            {0: {"lr": 0.1}, 1: {"lr": 0.0123}, 2: {"lr": 0.25}},
+            {("alpha", 0): [(70.0, 71.0), (74.0, 72.5), (73.0, 75.0)],
+             ("beta", 0): [(55.0, 54.0), (52.0, 53.0), (55.0, 57.0)]},  # a tie on val: the lower trial
+            full,
+        ),
+        "feature": (
+            {0: {"lr": 0.1}, 1: {"lr": 0.00412}, 2: {"lr": 0.0301}},
+            {("alpha", 0): [(60.0, 61.0), (50.0, 52.0), (62.0, 60.5)],
+             ("beta", 0): [(40.0, 42.0), (38.0, 39.0), (41.0, 40.0)]},
+            feature,
+        ),
+        "piggyback": (
+            {0: {"lr": 1e-4, "classifier_lr": 1e-4}, 1: {"lr": 0.00031, "classifier_lr": 0.0215},
+             2: {"lr": 2.2e-05, "classifier_lr": 0.0047}, 3: {"lr": 0.0019, "classifier_lr": 0.000377}},
+            {("alpha", 0): [(10.5, 10.0), (66.0, 64.0), (63.0, 66.0), (20.0, 21.0)],
+             ("alpha", 1): [(10.0, 10.5), (65.0, 63.5), (64.0, 65.0), (22.0, 20.0)],
+             ("beta", 0): [(12.0, 11.0), (47.0, 45.0), (49.0, 46.0), (15.0, 14.0)],
+             ("beta", 1): [(11.0, 12.0), (48.0, 47.0), (46.0, 48.5), (16.0, 13.0)]},
+            masks,
+        ),
+    }  # fmt: skip
+    for method, (trials, cells, params) in searched.items():
+        for (task, seed), values in cells.items():
+            for trial, (val, test) in enumerate(values):
+                hparams = {"batch_size": 32, "epochs": 8, **trials[trial]}
+                write(SEARCH, method, task, seed, test, params, hparams=hparams, val=val, trial=trial,
+                      folder="search/runs")  # fmt: skip
+
+
 if __name__ == "__main__":
     main()
+    search_runs()
