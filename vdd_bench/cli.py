@@ -357,9 +357,12 @@ def leaderboard(
     click.echo(render_groups(groups, fmt, split, options["show_choice"]))
     if fmt == "markdown":
         from vdd_bench.architectures import render_architectures
+        from vdd_bench.leaderboard import shown_runs
 
-        by_id = {r.run_id: r for r in records}
-        tailored = render_architectures(records, by_id, options["architectures"])
+        by_id, shown = {r.run_id: r for r in records}, shown_runs(groups)
+        tailored = render_architectures(
+            [r for r in records if r.run_id in shown], by_id, options["architectures"]
+        )
         if tailored:
             click.echo("\n" + tailored)
 

@@ -333,6 +333,11 @@ def run_command(config: RunConfig, task: str, seed: int, tasks: list[str]) -> st
     return " ".join(words)
 
 
+def shown_runs(groups: list[Group]) -> set[str]:
+    """The run ids the groups' cells are made of (under a selecting rule, the chosen runs only)."""
+    return {record.run_id for group in groups for row in group.rows for record in row.runs}
+
+
 def row_mean(group: Group, row: Row) -> float | None:
     """Mean accuracy over the group's tasks; None unless the row has every one of them."""
     return _mean([row.accs[t] for t in group.tasks]) if all(t in row.accs for t in group.tasks) else None

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vdd_bench.architectures import tailored_records
-from vdd_bench.leaderboard import Group
+from vdd_bench.leaderboard import Group, shown_runs
 from vdd_bench.record import RunRecord
 
 FIGURE_FORMATS = ("png", "pdf")
@@ -253,8 +253,10 @@ def search_trials(group: Group, out: Path, formats: tuple[str, ...] = FIGURE_FOR
 def plot_all(
     groups: list[Group], records: list[RunRecord], out: Path, formats: tuple[str, ...] = FIGURE_FORMATS
 ) -> list[Path]:
-    """Every figure for every group; the paths written."""
+    """Every figure for every group; the paths written. NetTailor's grid shows the runs the tables show."""
     paths: list[Path] = []
+    shown = shown_runs(groups)
+    records = [r for r in records if r.run_id in shown]
     for group in groups:
         if any(not r.published and r.accs for r in group.rows):
             paths += accuracy_vs_params(group, out, formats)
