@@ -123,3 +123,18 @@ def test_a_bad_search_section_is_refused_naming_the_file() -> None:
     for search in ({"trials": 0}, {"trials": "5"}, {"trails": 5}):
         with pytest.raises(VddError, match="sweep.yaml: search"):
             SweepSpec.from_mapping({"benchmark": "x", "search": search}, "sweep.yaml")
+
+
+def test_vdd_methods_search_lists_every_listed_methods_space() -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from vdd_bench.cli import main
+
+    listed = json.loads(CliRunner().invoke(main, ["methods", "--search", "--json"]).output)
+    assert set(LISTED) <= set(listed)
+    assert listed["piggyback"] == {
+        "lr": "log-uniform [1e-05, 0.01]",
+        "classifier_lr": "log-uniform [0.0001, 0.1]",
+    }

@@ -593,12 +593,23 @@ def backbone_info(name: str, size: int | None, width: float, classes: int, as_js
 
 @main.command("methods")
 @click.option("--preset", "presets", is_flag=True, help="List the presets (named hyper-parameter sets).")
+@click.option("--search", is_flag=True, help="List each method's search space (what `--trials` draws).")
 @click.option("--json", "as_json", is_flag=True)
-def list_methods(presets: bool, as_json: bool) -> None:
+def list_methods(presets: bool, search: bool, as_json: bool) -> None:
     """The registered methods and their default hyper-parameters; with --preset, every method's presets
-    (apply one with `--set preset=NAME`; docs/fidelity.md says where each value comes from)."""
+    (apply one with `--set preset=NAME`; docs/fidelity.md says where each value comes from); with --search,
+    the distribution of each hyper-parameter a search varies."""
     from vdd_bench.method import METHODS
 
+    if search:
+        spaces = {name: METHODS.get(name).search_space for name in METHODS.names()}
+        spaces = {name: {k: str(v) for k, v in space.items()} for name, space in spaces.items() if space}
+        if as_json:
+            click.echo(json.dumps(spaces, indent=2))
+            return
+        for name, space in spaces.items():
+            click.echo(f"{name}: " + "; ".join(f"{k} {v}" for k, v in space.items()))
+        return
     if presets:
         table = {name: METHODS.get(name).presets for name in METHODS.names() if METHODS.get(name).presets}
         if as_json:
