@@ -135,6 +135,6 @@ def test_vdd_methods_search_lists_every_listed_methods_space() -> None:
     listed = json.loads(CliRunner().invoke(main, ["methods", "--search", "--json"]).output)
     assert set(LISTED) <= set(listed)
     assert listed["piggyback"] == {
-        "lr": "log-uniform [1e-05, 0.01]",
+        "lr": "log-uniform [1e-06, 0.001]",
         "classifier_lr": "log-uniform [0.0001, 0.1]",
     }
