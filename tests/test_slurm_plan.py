@@ -273,3 +273,31 @@ def test_the_cli_needs_a_profile_and_status_lists_a_sweeps_runs(make_root, tmp_p
     assert sorted((r[1], r[2], r[3]) for r in rows) == [
         ("scratch", task, seed) for task in ("alpha", "beta") for seed in ("0", "1")
     ]
+
+
+def test_a_searchs_trials_share_the_job_arrays_and_a_relaunch_submits_nothing(
+    toy_root: Path, toy_backbone: Path, tmp_path: Path
+) -> None:
+    """Three trials of two methods on two tasks: one array per method and dependency level, as without a
+    search (NetTailor's trials each with their own teacher, in the fine-tuning array); done, none again."""
+    from vdd_bench.sweep import SweepSpec
+
+    spec = SweepSpec.from_mapping(
+        {"benchmark": str(toy_root), "backbone_checkpoint": str(toy_backbone),
+         "methods": ["feature", "nettailor"], "tasks": ["colors", "shapes"], "search": {"trials": 3},
+         "hparams": {"nettailor": {"candidates": [1]}}},
+        "test",
+    )  # fmt: skip
+    requests = spec.expand()
+    summary, [executor] = launch(tmp_path, requests)
+    sizes = {(g.method, g.level): len(g.requests) for g in summary.groups}
+    assert sizes == {
+        ("feature", 0): 6, ("finetune", 0): 6, ("nettailor_student", 1): 6, ("nettailor_prune", 2): 6,
+        ("nettailor", 3): 6,
+    }  # fmt: skip
+    assert len(executor.sbatch_calls) == 5
+    store = RunStore(tmp_path)
+    for run_id in {g_request.config.run_id for g in summary.groups for g_request in g.requests}:
+        atomic_write_bytes(store.run_dir(run_id) / "done", b"")
+    summary, executors = launch(tmp_path, requests)
+    assert summary.submitted == 0 and executors == [] and summary.done_before == 30
