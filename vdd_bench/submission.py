@@ -73,7 +73,8 @@ def select_runs(
             ids = ", ".join(r.run_id for r in runs)
             raise VddError(
                 f"task {task} has {len(runs)} finished runs of {method} (seed {seed}) with other settings "
-                f"({ids}): pass --run RUN_ID for the one to submit"
+                f"({ids}): pass --run RUN_ID for the one to submit (after a search, `vdd leaderboard "
+                "--show-choice` names the run chosen on validation)"
             )
         chosen[task] = runs[0]
     return chosen
