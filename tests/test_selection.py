@@ -127,6 +127,10 @@ def test_a_search_on_the_toy_chooses_on_validation_only_and_is_ordinary_runs(
     )
     results = ["--results", str(tmp_path / "results")]
     cli = CliRunner()
+    listed = cli.invoke(main, ["sweep", "--file", str(sweep), *results, "--dry-run"]).output.splitlines()
+    assert sorted(line.split("\t")[2] for line in listed) == ["trial 0", "trial 0", "trial 1", "trial 1",
+                                                              "trial 2", "trial 2"]  # fmt: skip
+    assert all(line.startswith("todo\t") for line in listed)
     ran = cli.invoke(main, ["sweep", "--file", str(sweep), *results])
     assert ran.exit_code == 0, ran.output
     assert "6 runs: 0 already done, 6 completed" in ran.output
