@@ -217,3 +217,27 @@ def test_a_chain_methods_refit_is_its_chosen_chain_again_on_train_and_val(
     assert [r.config.hparams for r in refits] == [c.hparams for c in chosen]
     assert [r.config.extra["refit_of"] for r in refits] == [c.run_id for c in chosen]
     assert refits[1].config.inputs["previous"] == refits[0].config.run_id
+
+
+def test_a_train_val_table_shows_the_refit_of_the_current_choice_beside_plain_train_val_runs() -> None:
+    """Refits of a choice that no longer stands (a later trial won) are left out; a train+val run asked for
+    by itself stays a row of its own; a setting without validation accuracy yet is no choice, not a crash."""
+    trials = [_record("alpha", 0, 0.1, val=50.0, test=60.0), _record("alpha", 1, 0.01, val=70.0, test=65.0)]
+
+    def refit(of: RunRecord, test: float) -> RunRecord:
+        config = replace(of.config, protocol="trainval", trial=0, extra={"refit_of": of.run_id})
+        return make_record(config, {"val_acc": None, "test_acc": test})
+
+    plain = make_record(
+        replace(trials[0].config, method="finetune", protocol="trainval"), {"val_acc": None, "test_acc": 55.0}
+    )
+    unfinished = make_record(replace(trials[0].config, task="beta"), {"val_acc": None, "test_acc": None})
+    records = [*trials, refit(trials[0], 61.0), refit(trials[1], 68.0), plain, unfinished]
+    train, refits = build_groups(records)
+    assert train.rule == "val" and refits.rule == "refit"
+    assert {row.label: row.accs for row in refits.rows} == {
+        "finetune": {"alpha": 55.0},
+        "feature (refit on train+val)": {"alpha": 68.0},
+    }
+    [row] = train.rows
+    assert row.accs == {"alpha": 65.0}

@@ -195,7 +195,7 @@ def build_groups(
         # the columns are the tasks this group has runs on or expects (a sweep may cover a subset)
         present = {t for row in rows for t in [*row.params, *(m.task for m in row.missing)]}
         tasks = [t for t in bench.tasks if t in present]
-        _finish_rows(rows, tasks, rule, read_as_inputs, infer_missing=expected is None)
+        _finish_rows(rows, tasks, read_as_inputs, infer_missing=expected is None)
         group = Group(key, bench.kind, bench.name, tasks, rows, "", len(bench.tasks), rule=rule)
         if rule == "default":
             group.hidden_trials = sum(1 for r in group_records if r.config.trial)
@@ -206,14 +206,12 @@ def build_groups(
     return sorted(groups, key=lambda g: canonical_json(g.key))
 
 
-def _finish_rows(
-    rows: list[Row], tasks: list[str], rule: str, read_as_inputs: set[str], infer_missing: bool
-) -> None:
+def _finish_rows(rows: list[Row], tasks: list[str], read_as_inputs: set[str], infer_missing: bool) -> None:
     """Labels, the count of runs read as others' inputs, and missing runs in the order of the columns."""
     _label_rows(rows)
     for row in rows:
         row.inputs_only = sum(r.run_id in read_as_inputs for r in row.runs)
-        if rule == REFIT:
+        if any(REFIT_OF in r.config.extra for r in row.runs):
             row.label += " (refit on train+val)"
         if infer_missing:
             row.missing = _inferred_missing(row, tasks)
@@ -238,12 +236,15 @@ def _rows(
     records: list[RunRecord], wanted: list[Expected], rule: str, split: str, chosen: set[str]
 ) -> list[Row]:
     """The rows of one group under `rule`; `chosen` collects the selected runs (a train group's) or gives
-    them (a refit group's)."""
+    them (a refit group's: the refits of the chosen runs are rows, stale refits are left out, and the
+    group's other runs are rows as under `default`)."""
+    if rule == REFIT:
+        refits = [r for r in records if r.config.extra.get(REFIT_OF) in chosen]
+        plain = [r for r in records if REFIT_OF not in r.config.extra]
+        return _rows(plain, wanted, "default", split, chosen) + _rows(refits, [], "refits", split, chosen)
     if rule == "default":
         records = [r for r in records if not r.config.trial]
         wanted = [e for e in wanted if not e.config.trial]
-    elif rule == REFIT:
-        records = [r for r in records if r.config.extra.get(REFIT_OF) in chosen]
     key = _row_key if rule == "default" else selection_key
     by_key: dict[str, list[RunRecord]] = defaultdict(list)
     for record in records:
@@ -254,15 +255,16 @@ def _rows(
     rows = []
     for rkey in list(by_key) + [k for k in missing_by_key if k not in by_key]:
         runs = by_key.get(rkey, [])
-        searched, choices = (runs, select_runs(runs, rule)) if rule in SPLIT_OF_RULE else ([], [])
-        if rule in SPLIT_OF_RULE:
-            runs = [c.record for c in choices]
+        config = runs[0].config if runs else missing_by_key[rkey][0].config
+        searched: list[RunRecord] = []
+        choices = select_runs(runs, rule) if rule in SPLIT_OF_RULE else []
+        if rule in SPLIT_OF_RULE:  # a candidate without the rule's accuracy (a chain still running) is none
+            searched, runs = runs, [c.record for c in choices]
             chosen.update(r.run_id for r in runs)
-        row = _row(runs, split) if runs else _empty_row(missing_by_key[rkey][0].config)
-        row.searched = searched
+        row = _row(runs, split) if runs else _empty_row(config)
+        row.searched, row.choices = searched, choices
         if rule != "default":
             row.hparams = fixed_setting(row.config)
-        row.choices = choices
         row.missing = [
             Missing(e.config.task, e.config.seed, e.run_id, e.command) for e in missing_by_key.get(rkey, [])
         ]
