@@ -145,3 +145,27 @@ def test_toy_sweep_through_the_cli_ends_in_a_scored_leaderboard(
     assert rows["feature"]["task_specific_params"][TASK] < rows["finetune"]["task_specific_params"][TASK]
     markdown = CliRunner().invoke(main, ["leaderboard", "--results", str(tmp_path)]).output
     assert "TOY benchmark" in markdown and "| Score" in markdown.replace("|   Score", "| Score")
+
+
+def test_a_resumed_runs_training_time_counts_every_segment(
+    toy_root: Path, toy_backbone: Path, tmp_path: Path
+) -> None:
+    """The first segment lasts at least 1.5 s (a pause after its first epoch, before the second epoch's
+    checkpoint); the resumed run's `timing.train_s` holds it and the last epoch, not the last epoch alone."""
+    import time
+
+    request = plan_run(RunSettings(toy_root, backbone_checkpoint=toy_backbone), TASK, "feature", SMALL)
+
+    def slow_then_stop(phase: int, epoch: int) -> None:
+        if epoch == 1:
+            time.sleep(1.5)
+        if epoch == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        execute(request, tmp_path, progress=False, on_epoch_end=slow_then_stop)
+    checkpoint = RunStore(tmp_path).run_dir(request.config.run_id) / "checkpoint.pt"
+    first_segment = torch.load(checkpoint, map_location="cpu", weights_only=True)["train_seconds"]
+    assert first_segment >= 1.5
+    resumed = execute(request, tmp_path, progress=False)
+    assert resumed.timing["train_s"] > first_segment

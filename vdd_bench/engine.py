@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,6 +168,9 @@ class Trainer:
     dist: Distributed | None = None  # data-parallel: this rank's shard of every batch; only rank 0 writes
     rank_digests: list[str] = field(default_factory=list, init=False)  # every rank's final weights digest
     bad_step: int | None = field(default=None, init=False)  # first step (1-based) with a non-finite loss
+    # training seconds of the whole run: the segments before a resume (kept in the checkpoint) and this one
+    seconds: float = field(default=0.0, init=False)
+    _segment_start: float = field(default=0.0, init=False)
 
     def fit(
         self, model: nn.Module, data: LabelledImages, augment: AugmentSpec
@@ -175,11 +179,13 @@ class Trainer:
         start_phase, start_epoch, history = 0, 0, []
         state = load_state(self.checkpoint, self.digest)
         optimizer_state = None
+        self.seconds, self._segment_start = 0.0, time.perf_counter()
         if state is not None:
             model = self.method.restore_structure(model, state["structure"], self.ctx)
             model.load_state_dict(state["model"])
             start_phase, start_epoch, history = state["phase"], state["epoch"], state["history"]
             optimizer_state = state.get("optimizer")
+            self.seconds = float(state.get("train_seconds", 0.0))  # a checkpoint written before: 0
         if self.dist is not None:
             self.dist.agree((start_phase, start_epoch), f"resume point of {self.checkpoint}")
         model = self._prepare(model)
@@ -219,7 +225,12 @@ class Trainer:
         bar.close()
         if self.dist is not None:
             model, self.rank_digests = self.dist.finish(model)
+        self.seconds = self._elapsed()
         return model, history
+
+    def _elapsed(self) -> float:
+        """Training seconds so far: the earlier segments' and this one's."""
+        return self.seconds + time.perf_counter() - self._segment_start
 
     def _diverged(self, what: str, phase: Phase, epoch: int) -> str:
         """The one-line error of a non-finite loss or weights: where it happened and which checkpoint is
@@ -300,6 +311,7 @@ class Trainer:
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "history": history,
+            "train_seconds": self._elapsed(),
         }
         save_checkpoint(self.checkpoint, state)
 

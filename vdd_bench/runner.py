@@ -360,7 +360,8 @@ def train_run(
     dist: Distributed | None = None,
 ) -> tuple[torch.nn.Module, list[dict[str, Any]], Trainer, float]:
     """Build the method's model (seeded) and train it through the engine, resuming from the run's last
-    checkpoint; returns the model, the history, the trainer and the training seconds."""
+    checkpoint; returns the model, the history, the trainer and the training seconds (of every segment of
+    a resumed run, not only the last)."""
     config = run.request.config
     torch.manual_seed(config.seed)
     model = run.method.build(run.ctx)
@@ -376,6 +377,5 @@ def train_run(
         on_epoch_end=on_epoch_end,
         dist=dist,
     )
-    started = time.perf_counter()
     model, history = trainer.fit(model, run.data.train, run.data.augment)
-    return model, history, trainer, time.perf_counter() - started
+    return model, history, trainer, trainer.seconds
