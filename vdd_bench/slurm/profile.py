@@ -115,11 +115,13 @@ def _check_types(data: dict[str, Any], checks: dict[str, tuple[type, ...]], sour
 def _check_sbatch(sbatch: dict[str, Any], source: str) -> None:
     """Extra sbatch flags: plain names the harness does not set itself, scalar values."""
     for name, value in sbatch.items():
-        if not isinstance(name, str) or name.startswith("-") or name.replace("_", "-") in RESERVED:
+        if isinstance(name, str) and name.replace("_", "-") in RESERVED:
             raise VddError(
-                f"{source}: sbatch.{name}: give flag names without dashes; "
-                f"{', '.join(sorted(RESERVED))} are set by the harness"
+                f"{source}: sbatch.{name}: a reserved flag, set by the harness itself (reserved: "
+                f"{', '.join(sorted(RESERVED))}); remove it from the profile"
             )
+        if not isinstance(name, str) or name.startswith("-"):
+            raise VddError(f"{source}: sbatch.{name}: give the flag's name without dashes (e.g. constraint)")
         if not isinstance(value, str | int | float | bool) or value is False:
             raise VddError(f"{source}: sbatch.{name} must be a string, a number or true, got {value!r}")
 
