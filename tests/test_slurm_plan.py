@@ -132,7 +132,7 @@ def test_eight_methods_on_ten_tasks_take_a_handful_of_job_arrays(tmp_path: Path)
     student = by_name["vdd-nettailor_student-L1"]
     finetune_jobs = by_name["vdd-finetune-L0"]["jobs"]
     dependency = student["additional_parameters"]["dependency"]
-    assert dependency.startswith("afterok:") and set(dependency[8:].split(":")) == set(finetune_jobs)
+    assert dependency.startswith("afterany:") and set(dependency[9:].split(":")) == set(finetune_jobs)
     assert "dependency" not in by_name["vdd-feature-L0"]["additional_parameters"]
     # every job's submission is recorded in its run folder (job id and log files, for vdd status)
     store = RunStore(tmp_path)
@@ -147,8 +147,8 @@ def test_a_chain_is_one_job_per_step_each_after_the_previous(tmp_path: Path) -> 
     assert [c["job_name"] for c in calls] == [f"vdd-packnet-L{k}" for k in range(3)]
     assert "dependency" not in calls[0]["additional_parameters"]
     for before, after in itertools.pairwise(calls):
-        assert after["additional_parameters"]["dependency"] == f"afterok:{before['jobs'][0]}"
-        assert after["additional_parameters"]["kill-on-invalid-dep"] == "yes"
+        assert after["additional_parameters"]["dependency"] == f"afterany:{before['jobs'][0]}"
+        assert "kill-on-invalid-dep" not in after["additional_parameters"]
 
 
 def test_relaunch_skips_done_and_queued_runs_and_submits_failed_ones(
@@ -302,3 +302,60 @@ def test_a_searchs_trials_share_the_job_arrays_and_a_relaunch_submits_nothing(
         atomic_write_bytes(store.run_dir(run_id) / "done", b"")
     summary, executors = launch(tmp_path, requests)
     assert summary.submitted == 0 and executors == [] and summary.done_before == 30
+
+
+def test_a_job_whose_input_did_not_finish_marks_its_run_blocked_and_status_says_why(tmp_path: Path) -> None:
+    """Dependants start after their inputs' jobs end, whatever the outcome (`afterany`): a job whose input
+    failed writes its run's `failed` naming that input and runs nothing; the run reads failed, with why."""
+    from vdd_bench.slurm.job import RunJob
+    from vdd_bench.status import run_statuses
+
+    teacher = request("finetune", "task0")
+    student = request("nettailor_student", "task0", teacher=teacher)
+    store = RunStore(tmp_path)
+    store.run_dir(teacher.config.run_id).mkdir(parents=True)
+    atomic_write_bytes(store.run_dir(teacher.config.run_id) / "failed", b"CUDA out of memory\n")
+    said = RunJob(student, str(tmp_path))()
+    cause = f"blocked: input teacher ({teacher.config.run_id}) failed: relaunch the sweep once it is fixed"
+    assert said == f"{student.config.run_id}: {cause}"
+    [status] = run_statuses(tmp_path, [student.config.run_id])
+    assert status.state == "failed" and status.error == cause
+    other = request("nettailor_student", "task1", teacher=request("finetune", "task1"))  # never ran
+    assert RunJob(other, str(tmp_path))().endswith(
+        "ended without finishing: relaunch the sweep once it is fixed"
+    )
+
+
+def test_the_accountings_row_for_an_arrays_unstarted_elements_is_expanded(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """sacct keeps one row for the elements of an array that never started (`1234_[1-2%2] CANCELLED`): each
+    of them reads failed, not todo."""
+    from vdd_bench.slurm import scheduler
+    from vdd_bench.status import run_statuses
+
+    rows = "1234_0|COMPLETED\n1234_[1-2%2]|CANCELLED by 0\n"
+    monkeypatch.setattr(scheduler, "_run", lambda args, timeout=30.0: rows if args[0] == "sacct" else "")
+    assert scheduler.final_states(["1234_0", "1234_1", "1234_2"]) == {
+        "1234_0": "COMPLETED", "1234_1": "CANCELLED", "1234_2": "CANCELLED"
+    }  # fmt: skip
+    runs = [request("feature", task) for task in ("task0", "task1", "task2")]
+    store = RunStore(tmp_path)
+    for index, run in enumerate(runs):
+        folder = store.run_dir(run.config.run_id)
+        folder.mkdir(parents=True)
+        stdout, stderr = f"/logs/1234_{index}.out", f"/logs/1234_{index}.err"
+        atomic_write_bytes(
+            folder / "slurm.json",
+            f'{{"job_id": "1234_{index}", "stdout": "{stdout}", "stderr": "{stderr}"}}'.encode(),
+        )
+    states = {s.run_id: s for s in run_statuses(tmp_path, [r.config.run_id for r in runs])}
+    assert [states[r.config.run_id].state for r in runs] == ["todo", "failed", "failed"]
+    assert states[runs[2].config.run_id].error == "job 1234_2 ended CANCELLED without finishing the run"
+
+
+def test_a_summary_line_names_a_few_jobs_and_counts_the_rest() -> None:
+    from vdd_bench.cli import _job_list
+
+    assert _job_list(["1_0", "1_1"]) == "1_0,1_1"
+    assert _job_list([f"7_{k}" for k in range(4500)]) == "7_0,7_1,7_2 and 4497 more jobs"

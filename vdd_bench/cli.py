@@ -242,6 +242,14 @@ def sweep(sweep_file, given: GivenSettings, sets, dry_run, refit, **options) -> 
     _report_failures(summary)
 
 
+def _job_list(job_ids: list[str], shown: int = 3) -> str:
+    """Job ids for a summary line: all of a few, else the first ones and how many more (a sweep of
+    thousands of runs waits for thousands of jobs)."""
+    if len(job_ids) <= shown + 1:
+        return ",".join(job_ids)
+    return f"{','.join(job_ids[:shown])} and {len(job_ids) - shown} more jobs"
+
+
 def _sweep_on_slurm(requests, profile, results: Path, device: str | None, wait: bool) -> None:
     from vdd_bench.slurm.launcher import SlurmLauncher, wait_for
     from vdd_bench.status import run_statuses
@@ -254,7 +262,7 @@ def _sweep_on_slurm(requests, profile, results: Path, device: str | None, wait: 
         f"{len(summary.groups)} job array(s){where}"
     )
     for group in summary.groups:
-        after = f" after {','.join(group.after)}" if group.after else ""
+        after = f" after {_job_list(group.after)}" if group.after else ""
         first = group.job_ids[0].split("_")[0] if group.job_ids else "?"
         click.echo(f"  job {first}: {group.method} level {group.level}, {len(group.requests)} run(s){after}")
     if not wait:

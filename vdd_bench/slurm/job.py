@@ -23,9 +23,7 @@ from vdd_bench.errors import VddError
 from vdd_bench.execution import live_claim_checker, needs_run, run_request
 from vdd_bench.store import ClaimHeld, RunStore, atomic_write_bytes, claimed
 
-
-class InputNotDone(VddError):
-    pass
+BLOCKED = "blocked"  # how a run's `failed` file starts when an input it reads did not finish
 
 
 class RunJob(submitit.helpers.Checkpointable):
@@ -43,11 +41,11 @@ class RunJob(submitit.helpers.Checkpointable):
         run_id = self.request.config.run_id
         if not needs_run(self.request, results):
             return f"{run_id}: already done"
-        for name, needed in self.request.inputs.items():
-            if not store.is_done(needed.config.run_id):
-                raise InputNotDone(
-                    f"input {name} ({needed.config.run_id}) of {run_id} is not done: relaunch the sweep"
-                )
+        blocked = blocked_by(self.request, store)
+        if blocked is not None:  # its jobs started after its inputs' jobs ended, but an input did not finish
+            store.run_dir(run_id).mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(store.run_dir(run_id) / "failed", f"{blocked}\n".encode())
+            return f"{run_id}: {blocked}"
         cpus = os.environ.get("SLURM_CPUS_PER_TASK")
         if cpus:
             import torch
@@ -67,6 +65,19 @@ class RunJob(submitit.helpers.Checkpointable):
             raise VddError(str(exc)) from None
         (folder / "failed").unlink(missing_ok=True)
         return f"{run_id}: done"
+
+
+def blocked_by(request: RunRequest, store: RunStore) -> str | None:
+    """Why a run cannot start: its first input that is not done, and whether that one failed (or was blocked
+    itself) or ended without a result (cancelled, timed out); None when every input is done."""
+    for name, needed in request.inputs.items():
+        input_id = needed.config.run_id
+        if store.is_done(input_id):
+            continue
+        failed = (store.run_dir(input_id) / "failed").exists()
+        how = "failed" if failed else "ended without finishing"
+        return f"{BLOCKED}: input {name} ({input_id}) {how}: relaunch the sweep once it is fixed"
+    return None
 
 
 def report_resume(folder: Path, request: RunRequest) -> None:

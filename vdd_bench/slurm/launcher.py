@@ -3,9 +3,11 @@
 A run's level is 0 when all its inputs are done, else one more than the deepest input still to finish, so
 NetTailor's student (input: its teacher) lands one level after the teachers, and step k of a PackNet or LwF
 chain k levels after the first step. Each (level, method) group is one `executor.batch()` (one sbatch, one
-job array over tasks x seeds) whose jobs wait with `afterok` for the jobs producing their inputs, submitted
-in this launch or still queued from an earlier one; `--kill-on-invalid-dep=yes` cancels them when an input
-fails instead of leaving them pending forever (a relaunch submits them again).
+job array over tasks x seeds) whose jobs wait with `afterany` for the jobs producing their inputs, submitted
+in this launch or still queued from an earlier one. A job whose own inputs are not done when it starts
+marks its run blocked (`slurm.job`) and ends, so one failed input stops only the runs that read it: with
+`afterok` a failed element would cancel every element of the dependent array, every task's student for one
+task's teacher. A relaunch submits the failed and blocked runs again.
 
 Relaunching is idempotent: done runs are skipped, runs whose job is still queued or running (their
 `slurm.json` job in squeue, or a live claim) are left alone, everything else (never run, failed, lost) is
@@ -39,7 +41,7 @@ class Group:
     level: int
     method: str
     requests: list[RunRequest]
-    after: list[str] = field(default_factory=list)  # job ids this array waits for (afterok)
+    after: list[str] = field(default_factory=list)  # job ids this array waits for (afterany)
     job_ids: list[str] = field(default_factory=list)
 
 
@@ -159,8 +161,7 @@ class SlurmLauncher:
             group.after = after
             extra: dict[str, Any] = {**self.profile.sbatch}
             if after:
-                extra["dependency"] = "afterok:" + ":".join(after)
-                extra["kill-on-invalid-dep"] = "yes"
+                extra["dependency"] = "afterany:" + ":".join(after)
             executor.update_parameters(
                 job_name=f"vdd-{group.method.replace(':', '_')}-L{group.level}",
                 additional_parameters=extra,

@@ -70,7 +70,10 @@ def active(jobs: dict[str, str] | None) -> dict[str, str] | None:
 
 
 def final_states(job_ids: Iterable[str]) -> dict[str, str]:
-    """{job id: state} from the accounting (COMPLETED, FAILED, CANCELLED, TIMEOUT, ...); {} without it."""
+    """{job id: state} from the accounting (COMPLETED, FAILED, CANCELLED, TIMEOUT, ...); {} without it.
+
+    Array elements that never started have no row of their own: the accounting keeps one row for the
+    rest of the array (`1234_[3-5%2] CANCELLED`), which is expanded to its elements (`1234_3`, ...)."""
     ids = sorted(set(job_ids))
     if not ids:
         return {}
@@ -78,9 +81,22 @@ def final_states(job_ids: Iterable[str]) -> dict[str, str]:
     states = {}
     for line in (out or "").splitlines():
         job_id, _, state = line.strip().partition("|")
-        if job_id:
-            states[job_id] = state.split()[0] if state else ""
+        for element in array_elements(job_id):
+            states[element] = state.split()[0] if state else ""
     return states
+
+
+def array_elements(job_id: str) -> list[str]:
+    """The job ids an accounting row stands for: itself, or each element of `<array>_[<ranges>%<limit>]`."""
+    array, bracket, ranges = job_id.partition("_[")
+    if not bracket:
+        return [job_id] if job_id else []
+    elements = []
+    for part in ranges.rstrip("]").split("%")[0].split(","):
+        first, _, last = part.partition("-")
+        if first.isdigit() and (not last or last.isdigit()):
+            elements += [f"{array}_{k}" for k in range(int(first), int(last or first) + 1)]
+    return elements
 
 
 def read_submission(folder: Path) -> dict[str, Any] | None:
