@@ -162,6 +162,7 @@ def test_vdd_bench_prints_ratios_with_their_baselines() -> None:
     baselines = {r["baseline"] for r in rows}
     assert "memory copy of the same bytes" in baselines and "MACs ratio" in baselines
     assert any(b.startswith("PIL+torchvision, 1 workers") for b in baselines)
+    assert any(b.startswith("--jobs ") for b in baselines)  # a toy sweep in worker processes
     for r in rows:
         assert r["value"] > 0 and r["baseline_value"] > 0
         assert r["ratio"] == pytest.approx(r["value"] / r["baseline_value"])

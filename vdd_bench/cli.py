@@ -100,13 +100,18 @@ def main() -> None:
 @DEVICE
 @PROGRESS
 @click.option("--methods", default="all", show_default=True, help="Comma-separated methods, or all.")
-def demo(results: Path, device: str | None, progress: bool, methods: str) -> None:
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Runs at once [default: the visible GPUs; on a CPU its cores, up to 4].",
+)
+def demo(results: Path, device: str | None, progress: bool, methods: str, jobs: int | None) -> None:
     """The main job on the toy decathlon: data, pre-training, every method on every task, leaderboard."""
     from vdd_bench.demo import run_demo
 
-    table, summary = run_demo(
-        results, "all" if methods == "all" else methods.split(","), _device(device), progress
-    )
+    chosen = "all" if methods == "all" else methods.split(",")
+    table, summary = run_demo(results, chosen, _device(device), progress, jobs)
     click.echo(table)
     _report_failures(summary)
 
@@ -192,6 +197,13 @@ def _sweep_requests(sweep_file: Path | None, given: dict[str, Any], sets: tuple[
     help="SLURM profile (YAML, e.g. slurm/profiles/generic-gpu.yaml); required with --launcher slurm.",
 )
 @click.option("--wait", is_flag=True, help="SLURM: return once the submitted jobs have left the queue.")
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Local launcher: runs at once, each in a process of its own (one per GPU; on a CPU the cores "
+    "split between them) [default: the visible GPUs, else 1].",
+)
 @click.option("--dry-run", is_flag=True, help="List the runs and whether they are done; run nothing.")
 @click.option(
     "--refit",
@@ -232,7 +244,7 @@ def sweep(sweep_file, given: GivenSettings, sets, dry_run, refit, **options) -> 
     if profile is not None:
         _sweep_on_slurm(requests, profile, results, device, options["wait"])
         return
-    summary = LocalLauncher(results, _device(device), options["progress"]).launch(requests)
+    summary = LocalLauncher(results, _device(device), options["progress"], options["jobs"]).launch(requests)
     claimed = f", {len(summary.claimed)} skipped (running elsewhere)" if summary.claimed else ""
     elsewhere = f", {summary.done_elsewhere} done meanwhile elsewhere" if summary.done_elsewhere else ""
     click.echo(
@@ -291,7 +303,7 @@ def status(sweep_files, given: GivenSettings, sets, results, as_json) -> None:
 
     configs = None
     if sweep_files:  # planning a sweep loads torch; the store alone does not
-        from vdd_bench.slurm.launcher import closure
+        from vdd_bench.config import closure
 
         configs = {}
         for sweep_file in sweep_files:

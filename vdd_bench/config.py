@@ -165,6 +165,22 @@ class RunRequest:
     inputs: dict[str, RunRequest] = field(default_factory=dict)  # runs to finish before this one
 
 
+def closure(requests: list[RunRequest]) -> list[RunRequest]:
+    """The sweep's runs and every input they read, once each, inputs before the runs that read them."""
+    seen: dict[str, RunRequest] = {}
+
+    def visit(request: RunRequest) -> None:
+        if request.config.run_id in seen:
+            return
+        for needed in request.inputs.values():
+            visit(needed)
+        seen[request.config.run_id] = request
+
+    for request in requests:
+        visit(request)
+    return list(seen.values())
+
+
 RECIPES = ("residual_adapters", "nettailor")
 PROTOCOLS = ("train", "trainval")
 MIN_RESOLUTION = 8  # smaller images leave nothing for the network's strided stages

@@ -3,11 +3,13 @@
 It generates the toy data if missing, pre-trains the toy backbone on the source task if missing, runs every
 registered method on the nine target tasks (runs already done are skipped) and returns the leaderboard of
 the toy benchmark. The methods do not run on the source task: there the decathlon's baselines report the
-pre-trained network itself, and the real-image configurations leave it out the same way.
+pre-trained network itself, and the real-image configurations leave it out the same way. The runs go in
+worker processes, several at once (`demo_jobs`).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from vdd_bench.backbones import BackboneSpec
@@ -16,7 +18,7 @@ from vdd_bench.cache import default_cache_path, pack
 from vdd_bench.config import RunSettings
 from vdd_bench.device import Device
 from vdd_bench.leaderboard import build_groups
-from vdd_bench.local_launcher import LaunchSummary, LocalLauncher
+from vdd_bench.local_launcher import LaunchSummary, LocalLauncher, default_jobs
 from vdd_bench.method import SGD_RECIPE
 from vdd_bench.pretrain import PretrainPlan, pretrain
 from vdd_bench.store import RunStore
@@ -50,8 +52,20 @@ TOY_HPARAMS = {
 TOY_PRETRAIN = {"epochs": 10, "batch_size": 64, "milestones": [0.6, 0.85]}
 
 
+def demo_jobs(device: Device | None) -> int:
+    """The demo's runs at once: one per visible GPU, on a CPU one per core (up to 4): its runs are small,
+    so worker processes of one thread each use a node better than one process of many threads."""
+    if device is not None and device.is_cuda:
+        return default_jobs(device)
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
 def run_demo(
-    results: Path, methods: list[str] | str = "all", device: Device | None = None, progress: bool = True
+    results: Path,
+    methods: list[str] | str = "all",
+    device: Device | None = None,
+    progress: bool = True,
+    jobs: int | None = None,
 ) -> tuple[str, LaunchSummary]:
     results = Path(results)
     root = generate_toy(results / "toy" / "data")
@@ -70,7 +84,7 @@ def run_demo(
     )
     sweep.hparams = {k: v for k, v in TOY_HPARAMS.items() if k == "all" or k in sweep.method_names()}
     requests = sweep.expand()
-    summary = LocalLauncher(results, device, progress).launch(requests)
+    summary = LocalLauncher(results, device, progress, jobs or demo_jobs(device)).launch(requests)
     ids = {request.config.run_id for request in requests}
     records = [r for r in RunStore(results).done_records() if r.run_id in ids]
     return render_groups(build_groups(records)), summary

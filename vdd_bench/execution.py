@@ -13,6 +13,8 @@ from vdd_bench.runner import execute
 from vdd_bench.slurm.scheduler import active, queue
 from vdd_bench.store import RunStore, claim_is_live
 
+BLOCKED = "blocked"  # how a run's `failed` file starts when an input it reads did not finish
+
 
 def needs_run(request: RunRequest, results: Path) -> bool:
     """Not done yet; or done without what its method adds after the run (a chain step's accuracy row)."""
@@ -39,3 +41,16 @@ def live_claim_checker() -> Callable[[dict], bool]:
         return cache["jobs"]
 
     return lambda claim: claim_is_live(claim, active_jobs)
+
+
+def blocked_by(request: RunRequest, store: RunStore) -> str | None:
+    """Why a run cannot start: its first input that is not done, and whether that one failed (or was blocked
+    itself) or ended without a result (cancelled, timed out); None when every input is done."""
+    for name, needed in request.inputs.items():
+        input_id = needed.config.run_id
+        if store.is_done(input_id):
+            continue
+        failed = (store.run_dir(input_id) / "failed").exists()
+        how = "failed" if failed else "ended without finishing"
+        return f"{BLOCKED}: input {name} ({input_id}) {how}: relaunch the sweep once it is fixed"
+    return None

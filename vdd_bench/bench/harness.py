@@ -1,8 +1,10 @@
-"""The `harness` section of `vdd bench`: `vdd` commands on many run records, and the import time."""
+"""The `harness` section of `vdd bench`: `vdd` commands on many run records, the import time, and a sweep
+of the toy's small runs with `--jobs` against one run at a time."""
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -17,6 +19,8 @@ from vdd_bench.record import Accounting, BenchmarkInfo, RunRecord
 
 HARNESS_TARGET_S = 2.0
 STATUS_TARGET_S = 0.5  # a status command answers before torch could even load
+JOBS_GOAL = 1.7  # `--jobs 2` on 2 cores against `--jobs 1`: the toy's small runs at least this much faster
+JOBS_METHODS = "feature,finetune,adapters_series,dan"
 
 _TEMPLATE_TASKS = [
     "source",
@@ -126,6 +130,14 @@ def bench_harness(options: BenchOptions, tmp: Path) -> tuple[list[dict], dict]:
 
     python_s = import_seconds("pass")
     import_s = import_seconds("import vdd_bench.cli") - python_s
+    jobs = min(2, os.cpu_count() or 1)
+    runs_sweep = [*sweep[:4], JOBS_METHODS, *sweep[5:], "--epoch-scale", str(1 / 60), "--no-progress"]
+    runs_sweep += ["--set", "batch_size=32"] + (["--tasks", "colors,shapes,digits"] if options.quick else [])
+    one_s, parallel_s = (
+        _cli_seconds([*runs_sweep, "--results", str(tmp / f"jobs-{n}"), "--jobs", str(n)], tmp)
+        for n in (1, jobs)
+    )
+    runs = len(JOBS_METHODS.split(",")) * (3 if options.quick else 10)
     rows = [
         row(
             "harness",
@@ -147,6 +159,15 @@ def bench_harness(options: BenchOptions, tmp: Path) -> tuple[list[dict], dict]:
         ),
         row("harness", "import vdd_bench.cli, s", import_s, "s", "2 s target", HARNESS_TARGET_S, "<= 1"),
         row("harness", "vdd status, empty results, s", status_s, "s", "0.5 s", STATUS_TARGET_S, "<= 1"),
+        row(
+            "harness",
+            f"vdd sweep of {runs} toy runs, --jobs 1 (ratio: speed-up), s",
+            one_s,
+            "s",
+            f"--jobs {jobs}",
+            parallel_s,
+            f">= {JOBS_GOAL} on 2 cores",
+        ),
     ]
     setup = "each command a fresh process (start and imports included); import time beyond a bare interpreter"
     return rows, {"harness": setup}

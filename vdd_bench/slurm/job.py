@@ -20,10 +20,8 @@ from vdd_bench.config import RunRequest
 from vdd_bench.device import pick_device
 from vdd_bench.engine import load_state, previous_checkpoint
 from vdd_bench.errors import VddError
-from vdd_bench.execution import live_claim_checker, needs_run, run_request
+from vdd_bench.execution import blocked_by, live_claim_checker, needs_run, run_request
 from vdd_bench.store import ClaimHeld, RunStore, atomic_write_bytes, claimed
-
-BLOCKED = "blocked"  # how a run's `failed` file starts when an input it reads did not finish
 
 
 class RunJob(submitit.helpers.Checkpointable):
@@ -65,19 +63,6 @@ class RunJob(submitit.helpers.Checkpointable):
             raise VddError(str(exc)) from None
         (folder / "failed").unlink(missing_ok=True)
         return f"{run_id}: done"
-
-
-def blocked_by(request: RunRequest, store: RunStore) -> str | None:
-    """Why a run cannot start: its first input that is not done, and whether that one failed (or was blocked
-    itself) or ended without a result (cancelled, timed out); None when every input is done."""
-    for name, needed in request.inputs.items():
-        input_id = needed.config.run_id
-        if store.is_done(input_id):
-            continue
-        failed = (store.run_dir(input_id) / "failed").exists()
-        how = "failed" if failed else "ended without finishing"
-        return f"{BLOCKED}: input {name} ({input_id}) {how}: relaunch the sweep once it is fixed"
-    return None
 
 
 def report_resume(folder: Path, request: RunRequest) -> None:

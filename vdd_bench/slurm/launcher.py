@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vdd_bench.config import RunRequest
+from vdd_bench.config import RunRequest, closure
 from vdd_bench.errors import VddError
 from vdd_bench.execution import needs_run
 from vdd_bench.slurm import scheduler
@@ -59,22 +59,6 @@ class SlurmSummary:
 
     def job_ids(self) -> list[str]:
         return [j for g in self.groups for j in g.job_ids]
-
-
-def closure(requests: list[RunRequest]) -> list[RunRequest]:
-    """The sweep's runs and every input they read, once each, inputs before the runs that read them."""
-    seen: dict[str, RunRequest] = {}
-
-    def visit(request: RunRequest) -> None:
-        if request.config.run_id in seen:
-            return
-        for needed in request.inputs.values():
-            visit(needed)
-        seen[request.config.run_id] = request
-
-    for request in requests:
-        visit(request)
-    return list(seen.values())
 
 
 def active_job(folder: Path, queued: dict[str, str] | None) -> str | None:
