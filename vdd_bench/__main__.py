@@ -2,4 +2,5 @@
 
 from vdd_bench.cli import main
 
-main()
+if __name__ == "__main__":  # worker processes (`--jobs`) import the main module again: run nothing then
+    main()
