@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from vdd_bench.augment import AugmentSpec, augment_batch
 from vdd_bench.batches import epoch_batches
+from vdd_bench.curves import curve_rows, write_curves
 from vdd_bench.device import Device
 from vdd_bench.distributed import Distributed, check_batch
 from vdd_bench.errors import VddError
@@ -171,6 +172,7 @@ class Trainer:
     # training seconds of the whole run: the segments before a resume (kept in the checkpoint) and this one
     seconds: float = field(default=0.0, init=False)
     _segment_start: float = field(default=0.0, init=False)
+    throughput: list[float] = field(default_factory=list, init=False)  # training images/s of each epoch
 
     def fit(
         self, model: nn.Module, data: LabelledImages, augment: AugmentSpec
@@ -179,13 +181,14 @@ class Trainer:
         start_phase, start_epoch, history = 0, 0, []
         state = load_state(self.checkpoint, self.digest)
         optimizer_state = None
-        self.seconds, self._segment_start = 0.0, time.perf_counter()
+        self.seconds, self._segment_start, self.throughput = 0.0, time.perf_counter(), []
         if state is not None:
             model = self.method.restore_structure(model, state["structure"], self.ctx)
             model.load_state_dict(state["model"])
             start_phase, start_epoch, history = state["phase"], state["epoch"], state["history"]
             optimizer_state = state.get("optimizer")
             self.seconds = float(state.get("train_seconds", 0.0))  # a checkpoint written before: 0
+            self.throughput = list(state.get("throughput", []))
         if self.dist is not None:
             self.dist.agree((start_phase, start_epoch), f"resume point of {self.checkpoint}")
         model = self._prepare(model)
@@ -207,14 +210,18 @@ class Trainer:
             for epoch in range(first, phase.epochs):
                 lr = set_epoch_lr(optimizer, phase, epoch)
                 generator = epoch_generator(self.seed, index, epoch)
-                loss = self._epoch(net, optimizer, data, augment, phase, generator)
+                started = time.perf_counter()
+                loss, accuracy, seen = self._epoch(net, optimizer, data, augment, phase, generator)
+                self.throughput.append(round(seen / max(time.perf_counter() - started, 1e-9), 1))
                 if not np.isfinite(loss):
                     raise VddError(self._diverged(f"loss became {loss}", phase, epoch))
                 if (name := first_non_finite(model)) is not None:  # a finite loss can hide them (lr=inf)
                     self.bad_step = None
                     raise VddError(self._diverged(f"{name} became non-finite", phase, epoch))
                 fault_point("engine.epoch")
-                history.append({"phase": phase.name, "epoch": epoch + 1, "lr": lr, "loss": loss})
+                history.append(
+                    {"phase": phase.name, "epoch": epoch + 1, "lr": lr, "loss": loss, "train_acc": accuracy}
+                )
                 self._save(model, optimizer, index, epoch + 1, history)
                 bar.update(1)
                 if self.on_epoch_end is not None:
@@ -259,8 +266,15 @@ class Trainer:
         augment: AugmentSpec,
         phase: Phase,
         generator: torch.Generator,
-    ) -> float:
+    ) -> tuple[float, float | None, int]:
+        """One epoch: mean loss, training accuracy (%) and the images seen. The accuracy comes from the
+        model's output in each step, when the step runs the model once and it gives one score per class
+        (else None: a method with several heads or outputs)."""
         self.method.train_mode(model)
+        outputs: list[Any] = []
+        hook = model.register_forward_hook(lambda module, args, output: outputs.append(output))
+        correct = torch.zeros((), dtype=torch.float64, device=self.device.torch_device)
+        scored = True
         count = len(data.labels)
         order = torch.randperm(count, generator=generator).numpy()
         batches = [
@@ -288,14 +302,20 @@ class Trainer:
             step_losses.append(loss.detach())
             loss_sum += loss.detach().double() * len(labels)
             seen += len(labels)
+            scored = scored and _scores(outputs, len(labels), self.ctx.num_classes)
+            if scored:
+                correct += (outputs[0].detach().argmax(1) == labels).sum()
+            outputs.clear()
+        hook.remove()
         if self.dist is not None:  # the mean over the global batch, the same on every rank
-            totals = self.dist.sum(torch.stack([loss_sum, loss_sum.new_tensor(float(seen))]))
-            loss_sum, seen = totals[0], int(totals[1])
+            totals = self.dist.sum(torch.stack([loss_sum, loss_sum.new_tensor(float(seen)), correct]))
+            loss_sum, seen, correct = totals[0], int(totals[1]), totals[2]
         mean = float(loss_sum) / max(seen, 1)
         if not np.isfinite(mean) and step_losses:
             bad = torch.stack(step_losses).float().isfinite().logical_not().nonzero()
             self.bad_step = int(bad[0]) + 1 if len(bad) else None
-        return mean
+        accuracy = round(100.0 * float(correct) / seen, 4) if scored and seen else None
+        return mean, accuracy, seen
 
     def _save(
         self, model: nn.Module, optimizer: torch.optim.Optimizer | None, phase: int, epoch: int, history: list
@@ -312,8 +332,15 @@ class Trainer:
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "history": history,
             "train_seconds": self._elapsed(),
+            "throughput": self.throughput,
         }
         save_checkpoint(self.checkpoint, state)
+        write_curves(self.checkpoint.parent, curve_rows(history, self.throughput))
+
+
+def _scores(outputs: list[Any], batch: int, classes: int) -> bool:
+    """Whether a step's forward passes were one, giving a (batch, classes) tensor of class scores."""
+    return len(outputs) == 1 and isinstance(outputs[0], torch.Tensor) and outputs[0].shape == (batch, classes)
 
 
 @torch.no_grad()

@@ -22,6 +22,7 @@ from vdd_bench.backbones import BackboneSpec, load_checkpoint
 from vdd_bench.benchmark import Benchmark, SplitIndex
 from vdd_bench.cache import default_cache_path, load_split_images
 from vdd_bench.config import Planner, RunConfig, RunRequest, RunSettings, TaskPlanner
+from vdd_bench.curves import finish_curves
 from vdd_bench.device import Device, pick_device
 from vdd_bench.distributed import Distributed
 from vdd_bench.engine import LabelledImages, Trainer, predict, remove_checkpoints, save_state
@@ -320,6 +321,7 @@ def finish_run(
             "python": platform.python_version(),
         },
     )
+    finish_curves(run.folder, config.run_id, history, config.hparams, metrics)
     run.store.finish(record)
     fault_point("runner.done")
     remove_checkpoints(run.folder / "checkpoint.pt")
