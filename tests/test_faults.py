@@ -108,6 +108,25 @@ def same_run(request: RunRequest, a: Path, b: Path) -> None:
     state_a, state_b = model_state(a, run_id), model_state(b, run_id)
     assert state_a.keys() == state_b.keys()
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    curves_a, curves_b = curves(RunStore(a).run_dir(run_id)), curves(RunStore(b).run_dir(run_id))
+    assert curves_a == curves_b and [row["epoch"] for row in curves_b["csv"]] == [1, 2]  # each epoch once
+
+
+def curves(folder: Path) -> dict:
+    """metrics.csv (images/s aside: a timing) and the TensorBoard scalars, each as (step, value) pairs."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from vdd_bench.curves import read_curves
+
+    events = EventAccumulator(str(folder / "tensorboard"))
+    events.Reload()
+    scalars = {
+        tag: [(e.step, e.value) for e in events.Scalars(tag)]
+        for tag in events.Tags()["scalars"]
+        if tag != "train/images_per_s"
+    }
+    rows = [{k: v for k, v in row.items() if k != "images_per_s"} for row in read_curves(folder)]
+    return {"csv": rows, "tensorboard": scalars}
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +145,7 @@ KILL_POINTS = [
     ("write:checkpoint.pt", 2),  # the checkpoint written, not yet renamed
     ("engine.rotated", 2),  # the old checkpoint moved aside, the new one not written
     ("torn:checkpoint.pt", 3),  # the end-of-phase checkpoint
+    ("write:metrics.csv", 2),  # the second epoch's checkpoint written, its curves not
     ("runner.evaluate", 1),  # during evaluation (val done, test not)
     ("torn:predictions.npz", 1),
     ("write:model.pt", 1),

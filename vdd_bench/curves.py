@@ -81,9 +81,11 @@ def finish_curves(
     hparams: dict[str, Any],
     metrics: dict[str, Any],
 ) -> None:
-    """At the end of a run: the validation accuracy on the last row of `metrics.csv` (made from `history`
-    when the run trained in another loop), then TensorBoard and, when asked, W&B."""
-    rows = read_curves(folder) or curve_rows(history, [])
+    """At the end of a run: `metrics.csv` made again from `history` (the epochs the run trained, each once,
+    whatever was killed when), its images/s kept from the file, the validation accuracy on the last row;
+    then TensorBoard and, when asked, W&B."""
+    speed = {row["epoch"]: row["images_per_s"] for row in read_curves(folder)}
+    rows = curve_rows(history, [speed.get(epoch) for epoch in range(1, len(history) + 1)])
     if rows:
         rows[-1]["val_acc"] = metrics.get("val_acc")
         write_curves(folder, rows)
