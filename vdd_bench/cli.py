@@ -524,9 +524,11 @@ def score(file: Path, labels: Path | None, baselines: Path | None, as_json: bool
 @click.option("--formats", default="png,pdf", show_default=True, help="Comma-separated: png, pdf.")
 @click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True)
 @click.option("--benchmark", "fingerprint", default=None, help="Only this benchmark fingerprint.")
-def plot(results: Path, out: Path, formats: str, split: str, fingerprint: str | None) -> None:
+@click.option("--curves", is_flag=True, help="Also the training curves (loss, accuracy) of the runs shown.")
+def plot(results: Path, out: Path, formats: str, split: str, fingerprint: str | None, curves: bool) -> None:
     """Figures of every finished run: accuracy vs task-specific parameters per task, score vs MACs per
-    method, and NetTailor's kept blocks per task."""
+    method, NetTailor's kept blocks per task, a search's validation accuracy by trial; with --curves the
+    training curves."""
     from vdd_bench.leaderboard import build_groups
     from vdd_bench.plots import FIGURE_FORMATS, plot_all
     from vdd_bench.store import RunStore
@@ -539,7 +541,8 @@ def plot(results: Path, out: Path, formats: str, split: str, fingerprint: str | 
     records = [r for r in store.done_records() if fingerprint is None or r.config.benchmark == fingerprint]
     if not records:
         raise VddError(f"no finished runs under {results}: run `vdd demo` or `vdd sweep` first")
-    for path in plot_all(build_groups(records, split, entry_ids=store.entry_ids()), records, out, chosen):
+    groups = build_groups(records, split, entry_ids=store.entry_ids())
+    for path in plot_all(groups, records, out, chosen, results if curves else None):
         click.echo(str(path))
 
 

@@ -5,7 +5,9 @@
 - NetTailor's tailored architectures: a tasks x blocks grid of what each task kept (the pre-trained block,
   only proxies, or nothing), like the paper's figure, from the selection runs' `method_report.blocks`;
 - a hyper-parameter search: validation accuracy against trial, one panel per method, one colour per task,
-  each trial a point and the best so far a step line (how much the search found, and when).
+  each trial a point and the best so far a step line (how much the search found, and when);
+- with `--curves`: training curves from each run's `metrics.csv`, one panel per method, one colour per task:
+  the training loss and, where the method's output gives it, the training accuracy against the epoch.
 
 matplotlib is imported here only, when a figure is drawn, so the rest of the harness never pays for it.
 """
@@ -18,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from vdd_bench.architectures import tailored_records
+from vdd_bench.curves import read_curves
 from vdd_bench.leaderboard import Group, shown_runs
 from vdd_bench.record import RunRecord
+from vdd_bench.store import RunStore
 
 FIGURE_FORMATS = ("png", "pdf")
 # block states in the NetTailor grid: value, label, colour
@@ -250,10 +254,61 @@ def search_trials(group: Group, out: Path, formats: tuple[str, ...] = FIGURE_FOR
     return _save(fig, out, f"{group_stem(group)}-search", formats)
 
 
+def training_curves(
+    group: Group, results: Path, out: Path, formats: tuple[str, ...] = FIGURE_FORMATS
+) -> list[Path] | None:
+    """Per group, the training loss (top) and accuracy (bottom) by epoch of the runs its table shows (seed
+    and trial of each cell), one column per method; None when no run has curves."""
+    rows = [row for row in group.rows if not row.published and row.runs]
+    curves = {
+        row.label: [(r.task, read_curves(RunStore(results).run_dir(r.run_id))) for r in row.runs]
+        for row in rows
+    }
+    curves = {label: [(t, c) for t, c in runs if c] for label, runs in curves.items()}
+    curves = {label: runs for label, runs in curves.items() if runs}
+    if not curves:
+        return None
+    from matplotlib.ticker import MaxNLocator
+
+    plt = _pyplot()
+    colours = _markers(group.tasks)
+    fig, axes = plt.subplots(2, len(curves), figsize=(3.4 * len(curves), 5.6), squeeze=False, sharex="col")
+    for column, (label, runs) in enumerate(curves.items()):
+        loss_ax, acc_ax = axes[0][column], axes[1][column]
+        for task, points in runs:
+            colour = colours[task][1]
+            epochs = [p["epoch"] for p in points]
+            loss_ax.plot(epochs, [p["train_loss"] for p in points], color=colour, linewidth=1, label=task)
+            accuracy = [(p["epoch"], p["train_acc"]) for p in points if p["train_acc"] is not None]
+            if accuracy:
+                acc_ax.plot(*zip(*accuracy, strict=True), color=colour, linewidth=1)
+        if not acc_ax.lines:
+            acc_ax.text(0.5, 0.5, "no accuracy: several heads\nor outputs per step", ha="center", fontsize=7)
+        loss_ax.set_title(short_label(label), fontsize=9)
+        loss_ax.set_yscale("log")
+        acc_ax.set_xlabel("epoch", fontsize=8)
+        for ax in (loss_ax, acc_ax):
+            ax.tick_params(which="both", labelsize=7)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("training loss", fontsize=8)
+    axes[1][0].set_ylabel("training accuracy %", fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=7, frameon=False)
+    fig.suptitle(f"Training curves, {group.name}", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out, f"{group_stem(group)}-curves", formats)
+
+
 def plot_all(
-    groups: list[Group], records: list[RunRecord], out: Path, formats: tuple[str, ...] = FIGURE_FORMATS
+    groups: list[Group],
+    records: list[RunRecord],
+    out: Path,
+    formats: tuple[str, ...] = FIGURE_FORMATS,
+    curves_of: Path | None = None,
 ) -> list[Path]:
-    """Every figure for every group; the paths written. NetTailor's grid shows the runs the tables show."""
+    """Every figure for every group; the paths written. NetTailor's grid shows the runs the tables show;
+    `curves_of` (a results folder) adds each group's training curves."""
     paths: list[Path] = []
     shown = shown_runs(groups)
     records = [r for r in records if r.run_id in shown]
@@ -262,5 +317,7 @@ def plot_all(
             paths += accuracy_vs_params(group, out, formats)
         paths += score_vs_macs(group, out, formats) or []
         paths += search_trials(group, out, formats) or []
+        if curves_of is not None:
+            paths += training_curves(group, curves_of, out, formats) or []
     paths += nettailor_blocks(records, out, formats) or []
     return paths
