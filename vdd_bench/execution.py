@@ -11,7 +11,7 @@ from vdd_bench.device import Device
 from vdd_bench.method import get_method
 from vdd_bench.runner import execute
 from vdd_bench.slurm.scheduler import active, queue
-from vdd_bench.store import RunStore, claim_is_live
+from vdd_bench.store import RunStore, claim_is_live, read_claim
 
 BLOCKED = "blocked"  # how a run's `failed` file starts when an input it reads did not finish
 
@@ -45,12 +45,19 @@ def live_claim_checker() -> Callable[[dict], bool]:
 
 def blocked_by(request: RunRequest, store: RunStore) -> str | None:
     """Why a run cannot start: its first input that is not done, and whether that one failed (or was blocked
-    itself) or ended without a result (cancelled, timed out); None when every input is done."""
+    itself), is held by another live process, or ended without a result (cancelled, timed out); None when
+    every input is done."""
     for name, needed in request.inputs.items():
         input_id = needed.config.run_id
         if store.is_done(input_id):
             continue
-        failed = (store.run_dir(input_id) / "failed").exists()
-        how = "failed" if failed else "ended without finishing"
+        folder = store.run_dir(input_id)
+        claim = read_claim(folder)
+        if (folder / "failed").exists():
+            how = "failed"
+        elif claim is not None and live_claim_checker()(claim):
+            how = "is being run by another process"
+        else:
+            how = "ended without finishing"
         return f"{BLOCKED}: input {name} ({input_id}) {how}: relaunch the sweep once it is fixed"
     return None
