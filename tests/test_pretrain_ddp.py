@@ -23,6 +23,7 @@ from vdd_bench.backbones import BackboneSpec, build_backbone, load_checkpoint
 from vdd_bench.benchmark import Benchmark
 from vdd_bench.cli import main
 from vdd_bench.config import RunSettings
+from vdd_bench.curves import read_curves
 from vdd_bench.distributed import Distributed, GlobalBatchNorm2d, weights_digest
 from vdd_bench.errors import VddError
 from vdd_bench.pretrain import PretrainPlan, pretrain
@@ -122,10 +123,16 @@ def test_two_processes_take_the_single_process_step(toy_root: Path, tmp_path: Pa
     assert sorted(p.name for p in run_dir.iterdir()) == [
         "config.json",
         "done",
+        "metrics.csv",
         "model.pt",
         "predictions.npz",
         "record.json",
+        "tensorboard",
     ]
+    one_dir = RunStore(tmp_path / "one").run_dir(load_checkpoint(one)[2]["run_id"])
+    curves_one, curves_two = read_curves(one_dir), read_curves(run_dir)  # the global batch's, from rank 0
+    assert [r["epoch"] for r in curves_two] == [1]
+    assert curves_two[0]["train_acc"] == pytest.approx(curves_one[0]["train_acc"])
     _, single, meta_one = load_checkpoint(one)
     _, parallel, meta_two = load_checkpoint(two)
     assert "data_parallel" not in meta_one
