@@ -241,3 +241,24 @@ def test_a_train_val_table_shows_the_refit_of_the_current_choice_beside_plain_tr
     }
     [row] = train.rows
     assert row.accs == {"alpha": 65.0}
+
+
+def test_records_that_name_their_searched_keys_are_selected_without_loading_torch(tmp_path: Path) -> None:
+    """The leaderboard of a search reads each record's `searched` keys: it never loads the method registry
+    (and torch), which costs seconds per command."""
+    import subprocess
+    import sys
+
+    store = RunStore(tmp_path)
+    for trial, (lr, val) in enumerate([(0.1, 50.0), (0.01, 70.0)]):
+        record = replace(_record("alpha", trial, lr, val=val, test=val), searched=["lr", "weight_decay"])
+        store.start(record.config)
+        store.finish(record)
+    code = (
+        "import sys; from vdd_bench.leaderboard import build_groups; from vdd_bench.store import RunStore; "
+        f"[g] = build_groups(RunStore({str(tmp_path)!r}).done_records()); "
+        "assert g.rule == 'val' and g.rows[0].accs == {'alpha': 70.0}, g; "
+        "assert 'torch' not in sys.modules, 'torch was loaded'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -245,10 +245,13 @@ def _rows(
     if rule == "default":
         records = [r for r in records if not r.config.trial]
         wanted = [e for e in wanted if not e.config.trial]
-    key = _row_key if rule == "default" else selection_key
+
+    def key(config: RunConfig, searched: list[str] | None = None) -> str:
+        return _row_key(config) if rule == "default" else selection_key(config, searched)
+
     by_key: dict[str, list[RunRecord]] = defaultdict(list)
     for record in records:
-        by_key[key(record.config)].append(record)
+        by_key[key(record.config, record.searched)].append(record)
     missing_by_key: dict[str, list[Expected]] = defaultdict(list)
     for entry in wanted:
         missing_by_key[key(entry.config)].append(entry)
@@ -264,7 +267,7 @@ def _rows(
         row = _row(runs, split) if runs else _empty_row(config)
         row.searched, row.choices = searched, choices
         if rule != "default":
-            row.hparams = fixed_setting(row.config)
+            row.hparams = fixed_setting(row.config, runs[0].searched if runs else None)
         row.missing = [
             Missing(e.config.task, e.config.seed, e.run_id, e.command) for e in missing_by_key.get(rkey, [])
         ]

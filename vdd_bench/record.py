@@ -58,6 +58,9 @@ class RunRecord:
     method_report: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     timing: dict[str, Any] = field(default_factory=dict)
+    # the keys its method's search varies (`Method.search_space`), so that the leaderboard groups a search's
+    # settings without loading the method registry (and torch); older records lack it (None)
+    searched: list[str] | None = None
     # Read-side only, never in record.json:
     continual: dict[str, Any] | None = None  # a chain step's accuracy on every task so far (continual.json)
     metrics_at_step: dict[str, Any] | None = None  # a chain step's own metrics, when `metrics` are its end's

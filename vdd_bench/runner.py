@@ -312,6 +312,7 @@ def finish_run(
         official_baseline_acc=facts.baseline_acc if facts else None,
         method_report=run.method.report(cpu_model, run.ctx),
         history=history,
+        searched=sorted(type(run.method).search_space),
         timing={
             "train_s": round(train_seconds, 3),
             "eval_s": round(eval_seconds, 3),

@@ -43,16 +43,18 @@ def searched_keys(method: str) -> frozenset[str]:
         return frozenset()
 
 
-def fixed_setting(config: RunConfig) -> dict[str, Any]:
-    """A run's values of the keys its method's search does not vary (its budget, its constants)."""
-    searched = searched_keys(config.method)
-    return {k: v for k, v in setting(config.hparams).items() if k not in searched}
+def fixed_setting(config: RunConfig, searched: list[str] | None = None) -> dict[str, Any]:
+    """A run's values of the keys its method's search does not vary (its budget, its constants); `searched`
+    as its record says, else from the method registry."""
+    keys = searched_keys(config.method) if searched is None else frozenset(searched)
+    return {k: v for k, v in setting(config.hparams).items() if k not in keys}
 
 
-def selection_key(config: RunConfig) -> str:
+def selection_key(config: RunConfig, searched: list[str] | None = None) -> str:
     """What the settings competing for one row share: the method, the backbone checkpoint and every value
     its search does not vary."""
-    return canonical_json([config.method, fixed_setting(config), config.backbone.get("checkpoint")])
+    fixed = fixed_setting(config, searched)
+    return canonical_json([config.method, fixed, config.backbone.get("checkpoint")])
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,9 @@ class Choice:
     @property
     def values(self) -> dict[str, Any]:
         """The chosen run's values of its method's searched keys."""
-        searched = searched_keys(self.record.method)
-        return {k: v for k, v in sorted(self.record.config.hparams.items()) if k in searched}
+        record = self.record
+        searched = searched_keys(record.method) if record.searched is None else frozenset(record.searched)
+        return {k: v for k, v in sorted(record.config.hparams.items()) if k in searched}
 
 
 def select(records: list[RunRecord], rule: str) -> list[Choice]:

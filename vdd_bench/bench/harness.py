@@ -15,6 +15,7 @@ from pathlib import Path
 from vdd_bench.backbones import BackboneSpec, build_backbone, save_checkpoint
 from vdd_bench.bench.common import BenchOptions, row, toy_root
 from vdd_bench.config import RunConfig
+from vdd_bench.method import METHODS
 from vdd_bench.record import Accounting, BenchmarkInfo, RunRecord
 
 HARNESS_TARGET_S = 2.0
@@ -58,6 +59,7 @@ def synthetic_records(count: int) -> Iterator[RunRecord]:
         task_bytes=1468912,
         input_size=32,
     )
+    searched = {method: sorted(METHODS.get(method).search_space) for method in _TEMPLATE_METHODS}
     i = 0
     for seed in range(10**6):
         for lr in (0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001, 0.0005, 0.0002, 0.0001):
@@ -84,6 +86,7 @@ def synthetic_records(count: int) -> Iterator[RunRecord]:
                         metrics={"test_acc": 50.0 + (i % 50), "val_acc": 50.0 + (i % 40)},
                         accounting=accounting,
                         timing={"train_s": 1.0, "eval_s": 0.1},
+                        searched=searched[method],
                     )
 
 
