@@ -92,3 +92,15 @@ def toy_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from method_helpers import make_toy_env
 
     return make_toy_env(tmp_path_factory).checkpoint
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread inside the test: what worker processes and the SLURM test profile's jobs use, so
+    that records computed here and there are bitwise the same."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from vdd_bench.execution import live_claim_checker
 from vdd_bench.local_launcher import LocalLauncher
@@ -30,14 +29,6 @@ def _requests(toy_root: Path, toy_backbone: Path, methods: list[str]) -> list:
 
 def comparable(record: RunRecord) -> dict:
     return {k: v for k, v in record.to_json().items() if k != "timing"}
-
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_two_jobs_give_the_records_of_one_job_inputs_first(

@@ -37,15 +37,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def one_thread():
-    """The jobs of the test profile run torch with 1 thread; so does the local side, for bitwise equality."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def comparable(record: RunRecord) -> dict:
     return {k: v for k, v in record.to_json().items() if k != "timing"}
 
