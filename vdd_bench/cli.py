@@ -745,7 +745,7 @@ def bench(as_json: bool, only: str | None, device: str | None, results: Path, **
 
 @main.group()
 def data() -> None:
-    """Check, pack and generate benchmark roots in the decathlon-1.0 format."""
+    """Download, check, pack and generate benchmark roots in the decathlon-1.0 format."""
 
 
 @data.command("verify")
@@ -774,6 +774,38 @@ def data_verify(
         root, test_labels, not no_images, progress=sys.stderr.isatty(), cache=cache, digest=digest
     )
     click.echo(format_report(report))
+    if not report.ok:
+        sys.exit(1)
+
+
+@data.command("download")
+@click.argument("root", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--tasks", default=None, help="Comma-separated (default: every task whose archive is at hand).")
+@click.option(
+    "--archive",
+    "archives",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A release archive already on disk, used in place of a download; ImageNet's images "
+    "(decathlon-1.0-data-imagenet.tar) come only this way. Repeatable.",
+)
+def data_download(root: Path, tasks: str | None, archives: tuple[Path, ...]) -> None:
+    """Fetch the official decathlon-1.0 archives into ROOT, check their digests, extract, then verify.
+
+    Resumable: an interrupted download continues where it stopped; extracted tasks are not redone.
+    """
+    from vdd_bench.download import download_decathlon
+    from vdd_bench.verify import format_report, verify
+
+    progress = sys.stderr.isatty()
+    chosen = download_decathlon(root, tasks.split(",") if tasks else None, archives, progress=progress)
+    report = verify(root, None, True, progress=progress)
+    click.echo(format_report(report))
+    store = root / "downloads"
+    click.echo(
+        f"{len(chosen)} tasks in {root}: {', '.join(chosen)}; the archives stay in {store} for later "
+        "--tasks runs: delete that folder once you no longer need them"
+    )
     if not report.ok:
         sys.exit(1)
 
