@@ -24,6 +24,8 @@ METHOD_RUNS: dict[str, dict[str, Any]] = {
     "feature": TINY,
     "piggyback": {**TINY, "lr_step_epochs": 1},
     "adapters_series": {**TINY, "lr": 0.01},
+    "bn_bias": TINY,
+    "lora": {**TINY, "lr": 0.01},
     "nettailor": {"teacher_epochs": 1, "epochs": 1, "retrain_epochs": 1, "candidates": [0, 8]},
 }
 
@@ -56,7 +58,7 @@ def test_bundle_predictions_equal_the_runs(env: ToyEnv, method: str, tmp_path: P
     payload = torch.load(tmp_path / "b.pt", weights_only=True)  # plain data and tensors only
     assert not any(b.dtype == torch.bool for b in payload["blobs"])  # masks are bit-packed
     assert_bundle_predicts_like_the_runs(env, Bundle.load(tmp_path / "b.pt"), run_ids)
-    if method in ("piggyback", "adapters_series", "feature"):
+    if method in ("piggyback", "adapters_series", "feature", "bn_bias", "lora"):
         # the frozen backbone is stored once: far less than one fine-tuned network per task
         assert summary.bundle_bytes < 0.75 * summary.finetuned_bytes
     if method == "piggyback":
