@@ -23,7 +23,16 @@ from vdd_bench.bench.common import network_parser
 from vdd_bench.engine import make_optimizer
 from vdd_bench.method import METHODS, TaskContext, get_method, resolve_hparams
 
-METHOD_NAMES = ("finetune", "feature", "adapters_series", "adapters_parallel", "piggyback", "dan")
+METHOD_NAMES = (
+    "finetune",
+    "feature",
+    "adapters_series",
+    "adapters_parallel",
+    "piggyback",
+    "dan",
+    "bn_bias",
+    "lora",
+)
 
 
 def pretrained_state(spec: BackboneSpec) -> dict[str, torch.Tensor]:
