@@ -32,6 +32,7 @@ METHOD_NAMES = (
     "dan",
     "bn_bias",
     "lora",
+    "taps",
 )
 
 

@@ -26,6 +26,7 @@ METHOD_RUNS: dict[str, dict[str, Any]] = {
     "adapters_series": {**TINY, "lr": 0.01},
     "bn_bias": TINY,
     "lora": {**TINY, "lr": 0.01},
+    "taps": {**TINY, "warmup_epochs": 1, "lam": 30.0},  # a strong penalty: some layers switched off
     "nettailor": {"teacher_epochs": 1, "epochs": 1, "retrain_epochs": 1, "candidates": [0, 8]},
 }
 

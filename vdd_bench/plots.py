@@ -4,6 +4,7 @@
 - decathlon score against average MACs per method (published rows hollow, on the real decathlon);
 - NetTailor's tailored architectures: a tasks x blocks grid of what each task kept (the pre-trained block,
   only proxies, or nothing), like the paper's figure, from the selection runs' `method_report.blocks`;
+- TAPS's adapted layers: a tasks x convs grid of the layers each task adapted (`method_report`);
 - a hyper-parameter search: validation accuracy against trial, one panel per method, one colour per task,
   each trial a point and the best so far a step line (how much the search found, and when);
 - with `--curves`: training curves from each run's `metrics.csv`, one panel per method, one colour per task:
@@ -212,6 +213,50 @@ def nettailor_blocks(
     return paths
 
 
+def adapted_layers(
+    records: list[RunRecord], out: Path, formats: tuple[str, ...] = FIGURE_FORMATS
+) -> list[Path] | None:
+    """Per benchmark, a tasks x convs grid of the layers TAPS adapted (dark) or shared (light); None when
+    there are no such runs. One line per task and seed, the convs in the network's order."""
+    from matplotlib.colors import ListedColormap
+
+    gated = [r for r in records if r.method_report.get("layers") and "adapted_layers" in r.method_report]
+    if not gated:
+        return None
+    plt = _pyplot()
+    paths: list[Path] = []
+    for fingerprint in sorted({r.config.benchmark for r in gated}):
+        chosen = [r for r in gated if r.config.benchmark == fingerprint]
+        order = chosen[0].benchmark.tasks
+        chosen.sort(key=lambda r: (r.method, order.index(r.task) if r.task in order else 0, r.seed))
+        grid = [
+            [int(layer in r.method_report["adapted_layers"]) for layer in r.method_report["layers"]]
+            for r in chosen
+        ]
+        width = max(len(g) for g in grid)
+        fig, ax = plt.subplots(figsize=(0.3 * width + 2.6, 0.38 * len(grid) + 1.6))
+        ax.imshow(
+            [g + [0] * (width - len(g)) for g in grid],
+            cmap=ListedColormap(["#f2f2f2", "#264653"]),
+            vmin=0,
+            vmax=1,
+            aspect="auto",
+        )
+        seeds = {r.seed for r in chosen}
+        labels = [
+            f"{r.task} ({sum(g)}/{len(g)})" + (f" seed {r.seed}" if len(seeds) > 1 else "")
+            for r, g in zip(chosen, grid, strict=True)
+        ]
+        ax.set_yticks(range(len(chosen)), labels, fontsize=8)
+        ax.set_xticks(range(width), [str(i + 1) for i in range(width)], fontsize=6)
+        ax.set_xlabel("conv layer, in the network's order (dark: adapted, light: the shared weight)")
+        name = chosen[0].benchmark.name
+        ax.set_title(f"TAPS: adapted layers per task, {name}", fontsize=10)
+        fig.tight_layout()
+        paths += _save(fig, out, _slug(f"{name}-{fingerprint}-taps-layers"), formats)
+    return paths
+
+
 def search_trials(group: Group, out: Path, formats: tuple[str, ...] = FIGURE_FORMATS) -> list[Path] | None:
     """Validation accuracy (mean over seeds) of every trial of every searched row; None without a search."""
     rows = [row for row in group.rows if len({r.config.trial for r in row.searched}) > 1]
@@ -320,4 +365,5 @@ def plot_all(
         if curves_of is not None:
             paths += training_curves(group, curves_of, out, formats) or []
     paths += nettailor_blocks(records, out, formats) or []
+    paths += adapted_layers(records, out, formats) or []
     return paths
