@@ -111,7 +111,9 @@ class _BasicBlock26(nn.Module):
         return F.relu(y + self.shortcut(x))
 
 
-def _build_resnet26(spec: BackboneSpec, num_classes: int) -> Backbone:
+def build_resnet26(spec: BackboneSpec, num_classes: int, blocks_per_stage: int = 4) -> Backbone:
+    """Rebuffi et al.'s ResNet-26 (three stages of ``blocks_per_stage`` blocks); with one block per stage it
+    is also the small ResNet SpotTune's policy network is."""
     stem_width = _scaled(32, spec.width)
     stem: list[nn.Module] = [nn.Conv2d(3, stem_width, 3, 1, 1, bias=False), nn.BatchNorm2d(stem_width)]
     if spec.stem_relu:
@@ -120,7 +122,7 @@ def _build_resnet26(spec: BackboneSpec, num_classes: int) -> Backbone:
     in_ch = stem_width
     for stage_width in (64, 128, 256):
         out_ch = _scaled(stage_width, spec.width)
-        for i in range(4):
+        for i in range(blocks_per_stage):
             stride = 2 if i == 0 else 1
             blocks.append(_BasicBlock26(in_ch, out_ch, stride))
             strides.append(stride)
@@ -205,7 +207,7 @@ def build_backbone(spec: BackboneSpec, num_classes: int) -> Backbone:
     if not isinstance(num_classes, int) or num_classes < 1:
         raise VddError(f"num_classes must be a positive integer, got {num_classes!r}")
     if spec.name == "resnet26":
-        return _build_resnet26(spec, num_classes)
+        return build_resnet26(spec, num_classes)
     return _build_torchvision(spec, num_classes)
 
 

@@ -11,7 +11,7 @@ entry-point group.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vdd_bench.accounting import parameter_split
+from vdd_bench.accounting import count_macs, parameter_split
 from vdd_bench.backbones import Backbone, BackboneSpec, build_backbone
 from vdd_bench.config import Planner, RunRequest, TaskPlanner
 from vdd_bench.errors import VddError
@@ -317,6 +317,16 @@ class Method:
         """Parameters and storage of the task's network; by default decided by content (`parameter_split`).
         A method whose stored model holds tensors in another form than it needs per task overrides this."""
         return parameter_split(model, ctx.pretrained or {})
+
+    def measure(
+        self, model: nn.Module, ctx: TaskContext, test_images: Callable[[], Iterator[torch.Tensor]]
+    ) -> dict[str, Any]:
+        """The trained network's cost, measured by the harness for every method: ``macs`` per image, and any
+        fact the method measures on the test images (JSON-safe; it joins `report`'s in the record).
+        ``test_images()`` yields the test split in the test transform, in batches on the CPU. By default
+        one image is counted, which is every image's cost in a network whose computation does not depend on
+        its input; a method that routes images (SpotTune) counts the mean over the test set."""
+        return {"macs": count_macs(model, ctx.input_size)}
 
     def report(self, model: nn.Module, ctx: TaskContext) -> dict[str, Any]:
         """Method-specific facts for the record (e.g. the kept architecture), JSON-safe. Only what the run

@@ -8,7 +8,7 @@ import hashlib
 import io
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vdd_bench.accounting import count_macs
-from vdd_bench.augment import AugmentSpec, geometry, make_spec
+from vdd_bench.augment import AugmentSpec, augment_batch, geometry, make_spec
 from vdd_bench.backbones import BackboneSpec, load_checkpoint
 from vdd_bench.benchmark import Benchmark, SplitIndex
 from vdd_bench.cache import default_cache_path, load_split_images
@@ -207,6 +206,14 @@ def load_task_data(bench: Benchmark, config: RunConfig, results: Path) -> TaskDa
     return TaskData(splits, images, train, augment)
 
 
+def test_batches(data: TaskData, batch_size: int = 256) -> Iterator[torch.Tensor]:
+    """The test images in the test transform, float32 batches on the CPU."""
+    images = data.images["test"]
+    for start in range(0, len(images), batch_size):
+        uint8 = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
+        yield augment_batch(uint8, data.augment, train=False)
+
+
 def evaluate(
     model: torch.nn.Module, data: TaskData, protocol: str, device: Device
 ) -> tuple[dict[str, float | None], dict[str, np.ndarray]]:
@@ -286,7 +293,8 @@ def finish_run(
 
     cpu_model = copy.deepcopy(model).cpu().float()
     accounting = run.method.account(cpu_model, run.ctx)
-    accounting["macs"] = count_macs(cpu_model, data.augment.crop)
+    measured = run.method.measure(cpu_model, run.ctx, lambda: test_batches(data))
+    accounting["macs"] = int(measured.pop("macs"))
     accounting["input_size"] = data.augment.crop
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
@@ -310,7 +318,7 @@ def finish_run(
         internal=not type(run.method).listed,
         chain_step=type(run.method).sequential,
         official_baseline_acc=facts.baseline_acc if facts else None,
-        method_report=run.method.report(cpu_model, run.ctx),
+        method_report={**run.method.report(cpu_model, run.ctx), **measured},
         history=history,
         searched=sorted(type(run.method).search_space),
         timing={
