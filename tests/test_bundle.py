@@ -27,6 +27,7 @@ METHOD_RUNS: dict[str, dict[str, Any]] = {
     "bn_bias": TINY,
     "lora": {**TINY, "lr": 0.01},
     "taps": {**TINY, "warmup_epochs": 1, "lam": 30.0},  # a strong penalty: some layers switched off
+    "spottune": {**TINY, "lr": 0.01},
     "nettailor": {"teacher_epochs": 1, "epochs": 1, "retrain_epochs": 1, "candidates": [0, 8]},
 }
 
