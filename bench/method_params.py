@@ -33,6 +33,7 @@ METHOD_NAMES = (
     "bn_bias",
     "lora",
     "taps",
+    "spottune",
 )
 
 
