@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from vdd_bench import plots
 from vdd_bench.cli import main
 from vdd_bench.config import RunConfig
 from vdd_bench.leaderboard import Expected, build_groups
@@ -75,6 +76,30 @@ def test_the_figures_of_the_golden_runs_render(tmp_path: Path) -> None:
         for ext in ("png", "pdf")
     )
     assert all((tmp_path / n).stat().st_size > 5000 for n in names)
+
+
+def test_accuracy_vs_params_has_a_point_per_task_and_a_mean_point_per_complete_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = [r for r in RunStore(GOLDEN).done_records() if r.benchmark.kind == "custom"]
+    [group] = build_groups(records, select="default")
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, out, stem, formats: figures.append(fig) or [])
+    plots.accuracy_vs_params(group, tmp_path)
+    axes = figures[0].axes[: len(group.tasks) + 1]
+    rows = [r for r in group.rows if r.accs]
+    for ax, task in zip(axes, group.tasks, strict=False):
+        assert ax.get_title() == task
+        assert len(ax.get_legend_handles_labels()[1]) == sum(task in r.accs for r in rows)
+    mean_axes = axes[len(group.tasks)]
+    complete = [r for r in rows if all(t in r.accs for t in group.tasks)]
+    assert 0 < len(complete) < len(rows)  # the golden runs have rows with missing tasks
+    assert mean_axes.get_title().startswith("mean over")
+    assert len(mean_axes.get_legend_handles_labels()[1]) == len(complete)
+    row = complete[0]
+    params, acc, _ = plots._mean_point(row, group.tasks)
+    assert acc == pytest.approx(sum(row.accs.values()) / len(group.tasks))
+    assert params == pytest.approx(sum(row.task_params[t] for t in group.tasks) / len(group.tasks))
 
 
 def test_a_teacher_run_is_not_the_baseline_when_a_complete_sweep_row_is_there() -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 from vdd_bench.architectures import tailored_records
 from vdd_bench.curves import read_curves
-from vdd_bench.leaderboard import Group, shown_runs
+from vdd_bench.leaderboard import Group, Row, shown_runs
 from vdd_bench.record import RunRecord
 from vdd_bench.store import RunStore
 
@@ -79,32 +79,56 @@ def _markers(labels: list[str]) -> dict[str, tuple[str, Any]]:
     return {label: (shapes[i % len(shapes)], colours[i % len(colours)]) for i, label in enumerate(labels)}
 
 
+MEAN_PANEL = "__mean__"
+
+
+def _task_point(row: Row, task: str) -> tuple[float, float, float | None] | None:
+    """(task-specific params, accuracy, std over seeds) of a row on one task; None where it has no run."""
+    if task not in row.accs or task not in row.task_params:
+        return None
+    return row.task_params[task], row.accs[task], row.stds.get(task)
+
+
+def _mean_point(row: Row, tasks: list[str]) -> tuple[float, float, None] | None:
+    """A row's mean task-specific params and mean accuracy over the tasks; None unless it has them all."""
+    if any(t not in row.accs or t not in row.task_params for t in tasks):
+        return None
+    return (
+        sum(row.task_params[t] for t in tasks) / len(tasks),
+        sum(row.accs[t] for t in tasks) / len(tasks),
+        None,
+    )
+
+
 def accuracy_vs_params(group: Group, out: Path, formats: tuple[str, ...] = FIGURE_FORMATS) -> list[Path]:
-    """One panel per task: test accuracy against task-specific parameters (log scale), per method."""
+    """One panel per task and a last one for the mean: test accuracy against task-specific parameters (log
+    scale), one point per method; a method's mean point needs every task of the group."""
     from matplotlib.ticker import NullFormatter
 
     plt = _pyplot()
     rows = [r for r in group.rows if not r.published and r.accs]
-    cols = min(5, len(group.tasks))
-    lines = math.ceil(len(group.tasks) / cols)
+    panels = [*group.tasks, MEAN_PANEL]
+    cols = min(5, len(panels))
+    lines = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(lines, cols, figsize=(3.1 * cols, 2.7 * lines + 0.8), squeeze=False)
     style = _markers([r.label for r in rows])
-    for ax, task in zip(axes.flat, group.tasks, strict=False):
+    for ax, panel in zip(axes.flat, panels, strict=False):
         for row in rows:
-            if task not in row.accs or task not in row.task_params:
+            point = _mean_point(row, group.tasks) if panel == MEAN_PANEL else _task_point(row, panel)
+            if point is None:
                 continue
+            params, acc, std = point
             marker, colour = style[row.label]
-            std = row.stds.get(task)
             ax.errorbar(
-                row.task_params[task] / 1e6, row.accs[task], yerr=std if std else None, marker=marker,
-                color=colour, linestyle="none", markersize=6, capsize=2, label=short_label(row.label),
+                params / 1e6, acc, yerr=std if std else None, marker=marker, color=colour, linestyle="none",
+                markersize=6, capsize=2, label=short_label(row.label),
             )  # fmt: skip
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_title(task, fontsize=9)
+        ax.set_title(f"mean over the {len(group.tasks)} tasks" if panel == MEAN_PANEL else panel, fontsize=9)
         ax.grid(alpha=0.3, which="both")
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(group.tasks) :]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.supxlabel("task-specific parameters (M, float32 equivalents, log scale)", fontsize=9)
     fig.supylabel("top-1 accuracy (%)", fontsize=9)
