@@ -8,9 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from method_helpers import ToyEnv, make_toy_env
 from PIL import Image
 
 MINI_ROOT = Path(__file__).resolve().parents[2] / "shared/data/mini-decathlon"
+
+
+@pytest.fixture(scope="session")
+def toy_env(tmp_path_factory: pytest.TempPathFactory) -> ToyEnv:
+    """The toy decathlon with a pre-trained ResNet-26 and a run store, shared by the method tests."""
+    return make_toy_env(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

@@ -76,7 +76,7 @@ def toy_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make_toy_env(tmp_path_factory: pytest.TempPathFactory) -> ToyEnv:
-    """For a session-scoped fixture of each test module; idempotent, so the work happens once a session."""
+    """The `toy_env` fixture of conftest.py; idempotent, so the work happens once a session."""
     base = tmp_path_factory.getbasetemp() / "method-toy"
     bench = Benchmark.open(generate_toy(toy_path(tmp_path_factory)))
     results = base / "results"

@@ -10,7 +10,6 @@ from method_helpers import (
     assert_frozen_weights_unchanged,
     changed,
     initial_model,
-    make_toy_env,
     random_context,
     run_method,
     train_steps,
@@ -23,11 +22,6 @@ from vdd_bench.accounting import count_macs
 # zero-initialised adapters: a short run on a narrow network cannot recover from the random start
 OVERRIDES = {**FEATURE_OVERRIDES, "adapter_init": "zero"}
 ADAPTERS = [("adapters_series", SeriesAdapter), ("adapters_parallel", ParallelAdapter)]
-
-
-@pytest.fixture(scope="session")
-def toy_env(tmp_path_factory: pytest.TempPathFactory) -> ToyEnv:
-    return make_toy_env(tmp_path_factory)
 
 
 @pytest.mark.parametrize("method", [name for name, _ in ADAPTERS])

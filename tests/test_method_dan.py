@@ -12,7 +12,6 @@ from method_helpers import (
     assert_frozen_weights_unchanged,
     changed,
     initial_model,
-    make_toy_env,
     random_context,
     run_method,
     train_steps,
@@ -23,11 +22,6 @@ from vdd_bench.methods.dan import ControlledConv
 from vdd_bench.accounting import count_macs
 from vdd_bench.backbones import build_backbone
 from vdd_bench.method import get_method
-
-
-@pytest.fixture(scope="session")
-def toy_env(tmp_path_factory: pytest.TempPathFactory) -> ToyEnv:
-    return make_toy_env(tmp_path_factory)
 
 
 def test_dan_keeps_the_backbone_trains_the_controllers_and_beats_features(toy_env: ToyEnv) -> None:

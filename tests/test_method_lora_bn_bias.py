@@ -11,7 +11,6 @@ from method_helpers import (
     ToyEnv,
     assert_frozen_weights_unchanged,
     changed,
-    make_toy_env,
     random_context,
     run_method,
     train_steps,
@@ -23,11 +22,6 @@ from vdd_bench.methods.lora import LoRAConv
 from vdd_bench.accounting import count_macs
 from vdd_bench.errors import VddError
 from vdd_bench.method import get_method, pretrained_backbone
-
-
-@pytest.fixture(scope="session")
-def toy_env(tmp_path_factory: pytest.TempPathFactory) -> ToyEnv:
-    return make_toy_env(tmp_path_factory)
 
 
 def test_lora_trains_only_its_low_rank_updates_and_the_classifier(toy_env: ToyEnv) -> None:

@@ -12,7 +12,6 @@ from method_helpers import (
     ToyEnv,
     assert_frozen_weights_unchanged,
     frozen_name,
-    make_toy_env,
     predict_test_split,
     random_context,
     run_method,
@@ -26,11 +25,6 @@ from vdd_bench.backbones import build_backbone
 
 # The recipe's lr (1e-4) needs thousands of steps to move a mask from 1e-2 across 5e-3; the toy run has 56.
 OVERRIDES = {"epochs": 8, "batch_size": 32, "lr": 3e-4, "classifier_lr": 3e-2, "lr_step_epochs": 6}
-
-
-@pytest.fixture(scope="session")
-def toy_env(tmp_path_factory: pytest.TempPathFactory) -> ToyEnv:
-    return make_toy_env(tmp_path_factory)
 
 
 def test_piggyback_keeps_weights_and_bn_learns_masks_and_beats_features(toy_env: ToyEnv, tmp_path) -> None:

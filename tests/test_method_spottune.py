@@ -9,7 +9,6 @@ from method_helpers import (
     FEATURE_OVERRIDES,
     ToyEnv,
     changed,
-    make_toy_env,
     random_context,
     run_method,
     trained_model,
@@ -25,11 +24,6 @@ from vdd_bench.method import get_method
 # The routing is random at first (both copies equally likely), so the tuned copies learn more slowly than
 # plain fine-tuning: 24 epochs on the toy, for SpotTune and the feature extractor it is compared with.
 LONGER = {**FEATURE_OVERRIDES, "epochs": 24}
-
-
-@pytest.fixture(scope="session")
-def toy_env(tmp_path_factory: pytest.TempPathFactory) -> ToyEnv:
-    return make_toy_env(tmp_path_factory)
 
 
 def test_spottune_trains_the_tuned_copies_keeps_the_frozen_convs_and_beats_features(toy_env: ToyEnv) -> None:

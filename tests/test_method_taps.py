@@ -5,13 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 from method_helpers import (
     FEATURE_OVERRIDES,
     ToyEnv,
     assert_frozen_weights_unchanged,
-    make_toy_env,
     random_context,
     run_method,
     trained_model,
@@ -21,11 +19,6 @@ from vdd_bench.methods.taps import GatedDelta, gated_layers
 
 from vdd_bench.method import get_method
 from vdd_bench.plots import adapted_layers
-
-
-@pytest.fixture(scope="session")
-def toy_env(tmp_path_factory: pytest.TempPathFactory) -> ToyEnv:
-    return make_toy_env(tmp_path_factory)
 
 
 def test_taps_keeps_some_layers_stores_only_their_deltas_and_beats_features(

@@ -11,8 +11,7 @@ the decathlon script's 0.01 hardly move the attention logits); the other values 
 
 from __future__ import annotations
 
-import pytest
-from method_helpers import ToyEnv, make_toy_env, run_method
+from method_helpers import ToyEnv, run_method
 from vdd_bench.methods.nettailor import load_tailored
 
 from vdd_bench.accounting import count_macs, count_parameters
@@ -29,11 +28,6 @@ TOY_OVERRIDES = {
     "retrain_epochs": 3,
     "candidates": [0, 8],
 }
-
-
-@pytest.fixture(scope="session")
-def toy_env(tmp_path_factory: pytest.TempPathFactory) -> ToyEnv:
-    return make_toy_env(tmp_path_factory)
 
 
 def test_easy_tasks_get_leaner_networks_within_the_tolerance(toy_env: ToyEnv) -> None:
