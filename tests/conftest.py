@@ -96,8 +96,6 @@ def toy_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def toy_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small ResNet-26 (width 0.25) pre-trained briefly on the toy source task, once per session."""
-    from method_helpers import make_toy_env
-
     return make_toy_env(tmp_path_factory).checkpoint
 
 

@@ -1,7 +1,7 @@
 """Shared machinery of the method tests: a toy decathlon with a small pre-trained ResNet-26, runs of a method
 through the real runner, and checks of what a parameter-sharing method must leave unchanged.
 
-Test modules make their session fixture with ``make_toy_env``. Everything lands under pytest's session base
+conftest.py's ``toy_env`` fixture makes it with ``make_toy_env``. Everything lands under pytest's session base
 temporary folder and every step is idempotent (the toy's marker, the run store, the backbone checkpoint), so
 the toy is generated and the backbone pre-trained once per session even if several modules use the fixture.
 """

@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import pytest
 import torch
-from method_helpers import ToyEnv, make_toy_env
+from method_helpers import ToyEnv
 from torch import nn
 from vdd_bench.methods.avalanche_strategies import decode_state, encode_state, register_strategy, to_avalanche
 
@@ -19,20 +19,15 @@ from vdd_bench.tables import render_continual
 ORDER = ["colors", "shapes"]
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> ToyEnv:
-    return make_toy_env(tmp_path_factory)
-
-
-def test_a_root_becomes_a_task_incremental_avalanche_benchmark(env: ToyEnv) -> None:
-    benchmark = to_avalanche(env.bench, ORDER, results=env.results)
+def test_a_root_becomes_a_task_incremental_avalanche_benchmark(toy_env: ToyEnv) -> None:
+    benchmark = to_avalanche(toy_env.bench, ORDER, results=toy_env.results)
     for stream, split in ((benchmark.train_stream, "train"), (benchmark.test_stream, "test")):
         assert len(stream) == len(ORDER)
         for label, (experience, task) in enumerate(zip(stream, ORDER, strict=True)):
             assert experience.task_label == label and experience.task_labels == [label]
-            assert len(experience.dataset) == len(env.bench.split(task, split))
+            assert len(experience.dataset) == len(toy_env.bench.split(task, split))
             classes = set(experience.classes_in_this_experience)
-            assert classes == set(range(env.bench.tasks[task].num_classes))
+            assert classes == set(range(toy_env.bench.tasks[task].num_classes))
             x, y, t = experience.dataset[0]
             assert x.shape == (3, 32, 32) and t == label
 
@@ -66,16 +61,16 @@ def test_plugin_state_round_trips_through_a_weights_only_file() -> None:
 
 @pytest.mark.parametrize("strategy", ["EWC", "LwF"])
 def test_an_avalanche_strategy_runs_as_a_chain_and_lands_in_the_leaderboard(
-    env: ToyEnv, strategy: str
+    toy_env: ToyEnv, strategy: str
 ) -> None:
     method = register_strategy(strategy)
-    requests = plan_chain(env.settings, method, ORDER, {"epochs": 1, "batch_size": 32})
-    result = run_chain(requests, env.results, progress=False)
+    requests = plan_chain(toy_env.settings, method, ORDER, {"epochs": 1, "batch_size": 32})
+    result = run_chain(requests, toy_env.results, progress=False)
     assert result.tasks == ORDER and all(v is not None for v in result.final.values())
-    records = [r for r in RunStore(env.results).done_records() if r.method == method]
+    records = [r for r in RunStore(toy_env.results).done_records() if r.method == method]
     [group] = [g for g in build_groups(records)]
     [row] = group.rows
     assert set(row.accs) == set(ORDER)
-    assert method in render_continual(chain_results(env.results))
-    assert (RunStore(env.results).run_dir(result.run_ids[0]) / "avalanche_state.pt").exists()
-    assert (RunStore(env.results).run_dir(result.run_ids[1]) / "predictions.npz").exists()
+    assert method in render_continual(chain_results(toy_env.results))
+    assert (RunStore(toy_env.results).run_dir(result.run_ids[0]) / "avalanche_state.pt").exists()
+    assert (RunStore(toy_env.results).run_dir(result.run_ids[1]) / "predictions.npz").exists()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from method_helpers import ToyEnv, make_toy_env
+from method_helpers import ToyEnv
 
 from vdd_bench.chains import ChainResult
 from vdd_bench.cli import main
@@ -23,11 +23,6 @@ class Interrupt(Exception):
     pass
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> ToyEnv:
-    return make_toy_env(tmp_path_factory)
-
-
 def test_forgetting_is_the_drop_from_the_best_earlier_accuracy() -> None:
     result = ChainResult(
         "m", ["a", "b", "c"], ["a", "b", "c"], [[80, None, None], [90, 50, None], [70, 55, 60]], "test"
@@ -37,21 +32,21 @@ def test_forgetting_is_the_drop_from_the_best_earlier_accuracy() -> None:
     assert result.mean_final == pytest.approx(61.6667, abs=1e-3) and result.mean_forgetting == 7.5
 
 
-def test_chain_ids_encode_the_history_and_a_task_comes_once(env: ToyEnv) -> None:
-    ab = plan_chain(env.settings, "lwf", ["colors", "shapes"], TINY)
-    cb = plan_chain(env.settings, "lwf", ["pedestrians", "shapes"], TINY)
+def test_chain_ids_encode_the_history_and_a_task_comes_once(toy_env: ToyEnv) -> None:
+    ab = plan_chain(toy_env.settings, "lwf", ["colors", "shapes"], TINY)
+    cb = plan_chain(toy_env.settings, "lwf", ["pedestrians", "shapes"], TINY)
     assert ab[1].config.inputs["previous"] == ab[0].config.run_id
     assert ab[1].config.run_id != cb[1].config.run_id  # same task and settings, other history
     with pytest.raises(VddError, match="every task once"):
-        plan_chain(env.settings, "lwf", ["colors", "colors"], TINY)
+        plan_chain(toy_env.settings, "lwf", ["colors", "colors"], TINY)
     with pytest.raises(VddError, match="not sequential"):
-        plan_chain(env.settings, "finetune", ORDER)
+        plan_chain(toy_env.settings, "finetune", ORDER)
 
 
 def test_a_chain_killed_between_tasks_continues_from_the_last_finished_task(
-    env: ToyEnv, tmp_path: Path
+    toy_env: ToyEnv, tmp_path: Path
 ) -> None:
-    requests = plan_chain(env.settings, "lwf", ORDER, TINY)
+    requests = plan_chain(toy_env.settings, "lwf", ORDER, TINY)
 
     def stop(step: int, phase: int, epoch: int) -> None:
         if step == 1:
@@ -70,9 +65,9 @@ def test_a_chain_killed_between_tasks_continues_from_the_last_finished_task(
     assert result.run_ids == [r.config.run_id for r in requests] and len(result.matrix) == 2
 
 
-def test_cli_chain_and_the_continual_leaderboard(env: ToyEnv, tmp_path: Path) -> None:
-    args = ["chain", "--method", "lwf", "--benchmark", str(env.bench.root), "--order", ",".join(ORDER)]
-    args += ["--backbone-checkpoint", str(env.checkpoint), "--results", str(tmp_path), "--no-progress"]
+def test_cli_chain_and_the_continual_leaderboard(toy_env: ToyEnv, tmp_path: Path) -> None:
+    args = ["chain", "--method", "lwf", "--benchmark", str(toy_env.bench.root), "--order", ",".join(ORDER)]
+    args += ["--backbone-checkpoint", str(toy_env.checkpoint), "--results", str(tmp_path), "--no-progress"]
     args += [f"--set={k}={v}" for k, v in TINY.items()]
     ran = CliRunner().invoke(main, args)
     assert ran.exit_code == 0, ran.output

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from method_helpers import ToyEnv, make_toy_env
+from method_helpers import ToyEnv
 from vdd_bench.tasks.generic import native_resolution
 
 from vdd_bench.augment import augment_batch, make_spec
@@ -31,26 +31,21 @@ SHORT = {"epochs": 4, "lr": 0.1, "warmup_epochs": 1, "warmup_lr": 0.01, "batch_s
 SEQUENTIAL_FINETUNING = {**SHORT, "distill_weight": 0.0}
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> ToyEnv:
-    return make_toy_env(tmp_path_factory)
-
-
-def old_head_drift(env: ToyEnv, result: ChainResult) -> tuple[float, float]:
+def old_head_drift(toy_env: ToyEnv, result: ChainResult) -> tuple[float, float]:
     """KL divergence (temperature 2, as the distillation) of the first task's head after the second step from
     the same head after the first step, on the second task's training images, and how often they agree."""
-    spec, _, _ = load_checkpoint(env.checkpoint)
+    spec, _, _ = load_checkpoint(toy_env.checkpoint)
     lwf = get_method("lwf")
 
     def first_head(run_id: str) -> torch.nn.Module:
-        state, structure = load_run_model(RunStore(env.results).run_dir(run_id))
+        state, structure = load_run_model(RunStore(toy_env.results).run_dir(run_id))
         model = lwf.skeleton(spec, structure)
         model.load_state_dict(state)
         return lwf.select_task(model, ORDER[0]).eval()
 
-    size = native_resolution(env.bench)
-    images = load_split_images(env.bench, env.bench.split(ORDER[1], "train"), size)
-    mean, std = task_mean_std(env.bench, ORDER[1], images, env.results)
+    size = native_resolution(toy_env.bench)
+    images = load_split_images(toy_env.bench, toy_env.bench.split(ORDER[1], "train"), size)
+    mean, std = task_mean_std(toy_env.bench, ORDER[1], images, toy_env.results)
     batch = augment_batch(
         torch.from_numpy(images), make_spec("residual_adapters", ORDER[1], size, mean, std), False
     )
@@ -62,10 +57,10 @@ def old_head_drift(env: ToyEnv, result: ChainResult) -> tuple[float, float]:
     return float(kl), float((before.argmax(1) == after.argmax(1)).float().mean())
 
 
-def test_distillation_holds_the_old_head_and_forgetting_is_measured(env: ToyEnv) -> None:
+def test_distillation_holds_the_old_head_and_forgetting_is_measured(toy_env: ToyEnv) -> None:
     def chain(overrides: dict) -> ChainResult:
-        requests = plan_chain(env.settings, "lwf", ORDER, overrides)
-        return run_chain(requests, env.results, progress=False)
+        requests = plan_chain(toy_env.settings, "lwf", ORDER, overrides)
+        return run_chain(requests, toy_env.results, progress=False)
 
     lwf, plain = chain(SHORT), chain(SEQUENTIAL_FINETUNING)
     for result in (lwf, plain):
@@ -74,10 +69,11 @@ def test_distillation_holds_the_old_head_and_forgetting_is_measured(env: ToyEnv)
         # the diagonal is what each step's own record measured right after learning its task
         for i, run_id in enumerate(result.run_ids):
             assert result.matrix[i][i] == pytest.approx(
-                RunStore(env.results).record(run_id).metrics["test_acc"]
+                RunStore(toy_env.results).record(run_id).metrics["test_acc"]
             )
     assert lwf.matrix[0][0] == plain.matrix[0][0]
     # measured here: LwF KL 0.09-0.30 and agreement 0.80-0.95, plain fine-tuning KL 0.64-3.2 and 0.16-0.60
-    (kl_lwf, agree_lwf), (kl_plain, agree_plain) = old_head_drift(env, lwf), old_head_drift(env, plain)
+    kl_lwf, agree_lwf = old_head_drift(toy_env, lwf)
+    kl_plain, agree_plain = old_head_drift(toy_env, plain)
     assert kl_lwf < 0.5 * kl_plain, (kl_lwf, kl_plain)
     assert agree_lwf >= agree_plain + 0.2, (agree_lwf, agree_plain)

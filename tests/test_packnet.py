@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from method_helpers import ToyEnv, make_toy_env
+from method_helpers import ToyEnv
 
 from vdd_bench.augment import augment_batch
 from vdd_bench.continual import plan_chain, run_chain
@@ -24,37 +24,33 @@ class Interrupt(Exception):
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> ToyEnv:
-    return make_toy_env(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def chain(env: ToyEnv) -> list[RunRequest]:
-    requests = plan_chain(env.settings, "packnet", ORDER, SHORT)
-    run_chain(requests, env.results, progress=False)
+def chain(toy_env: ToyEnv) -> list[RunRequest]:
+    requests = plan_chain(toy_env.settings, "packnet", ORDER, SHORT)
+    run_chain(requests, toy_env.results, progress=False)
     return requests
 
 
-def task_logits(env: ToyEnv, results: Path, run_id: str, task: str) -> torch.Tensor:
+def task_logits(toy_env: ToyEnv, results: Path, run_id: str, task: str) -> torch.Tensor:
     method, model, _ = step_model(results, run_id)
     model = method.select_task(model, task)
-    data = eval_split(env.bench, task, "test", 36, "residual_adapters", results)
+    data = eval_split(toy_env.bench, task, "test", 36, "residual_adapters", results)
     with torch.no_grad():
         return model(augment_batch(data.images, data.augment, train=False))
 
 
 def test_first_task_outputs_are_bitwise_unchanged_by_later_tasks(
-    env: ToyEnv, chain: list[RunRequest]
+    toy_env: ToyEnv, chain: list[RunRequest]
 ) -> None:
     first, last = chain[0].config.run_id, chain[-1].config.run_id
+    results = toy_env.results
     assert torch.equal(
-        task_logits(env, env.results, first, ORDER[0]), task_logits(env, env.results, last, "colors")
+        task_logits(toy_env, results, first, ORDER[0]), task_logits(toy_env, results, last, "colors")
     )
     assert torch.equal(
-        task_logits(env, env.results, chain[1].config.run_id, ORDER[1]),
-        task_logits(env, env.results, last, ORDER[1]),
+        task_logits(toy_env, toy_env.results, chain[1].config.run_id, ORDER[1]),
+        task_logits(toy_env, toy_env.results, last, ORDER[1]),
     )
-    record = RunStore(env.results).record(last)
+    record = RunStore(toy_env.results).record(last)
     owned = record.method_report["weights_owned"]
     assert owned["colors"] == pytest.approx(0.5, abs=0.01)  # prune_first frees half of the first task's
     assert owned["shapes"] == pytest.approx(0.5 * 0.25, abs=0.01)  # then 75% of each new task's
@@ -70,26 +66,27 @@ def bn_state(results: Path, run_id: str) -> dict[str, torch.Tensor]:
 
 
 def test_the_shared_bn_trains_with_the_first_task_then_stays_bitwise_frozen(
-    env: ToyEnv, chain: list[RunRequest]
+    toy_env: ToyEnv, chain: list[RunRequest]
 ) -> None:
-    first, last = (bn_state(env.results, r.config.run_id) for r in (chain[0], chain[-1]))
+    first, last = (bn_state(toy_env.results, r.config.run_id) for r in (chain[0], chain[-1]))
     assert first.keys() == last.keys() and all(torch.equal(first[k], last[k]) for k in first)
-    assert any(not torch.equal(first[k], env.pretrained[k]) for k in first)  # trained by the first task
+    assert any(not torch.equal(first[k], toy_env.pretrained[k]) for k in first)  # trained by the first task
     # the named option: a BN per task, the first task's untouched by the second
-    per_task = plan_chain(env.settings, "packnet", ORDER[:2], {**SHORT, "train_bn": True})
-    run_chain(per_task, env.results, progress=False)
+    per_task = plan_chain(toy_env.settings, "packnet", ORDER[:2], {**SHORT, "train_bn": True})
+    run_chain(per_task, toy_env.results, progress=False)
     a, b = (per_task[0].config.run_id, per_task[1].config.run_id)
-    assert torch.equal(task_logits(env, env.results, a, "colors"), task_logits(env, env.results, b, "colors"))
-    bns = bn_state(env.results, b)
+    results = toy_env.results
+    assert torch.equal(task_logits(toy_env, results, a, "colors"), task_logits(toy_env, results, b, "colors"))
+    bns = bn_state(toy_env.results, b)
     assert any(".tasks.1." in k for k in bns) and any(
         not torch.equal(bns[k], bns[k.replace(".tasks.1.", ".tasks.0.")]) for k in bns if ".tasks.1." in k
     )
 
 
-def test_accounting_counts_each_weight_once(env: ToyEnv, chain: list[RunRequest]) -> None:
+def test_accounting_counts_each_weight_once(toy_env: ToyEnv, chain: list[RunRequest]) -> None:
     """Task k uses the weights of tasks <= k and stores only its own: the network is not counted twice."""
-    store = RunStore(env.results)
-    _, model, _ = step_model(env.results, chain[-1].config.run_id)
+    store = RunStore(toy_env.results)
+    _, model, _ = step_model(toy_env.results, chain[-1].config.run_id)
     convs = [m for m in model.modules() if type(m).__name__ == "PackedConv"]
     conv_weights = sum(conv.layer.weight.numel() for conv in convs)
     records = [store.record(request.config.run_id) for request in chain]
@@ -108,10 +105,10 @@ def test_accounting_counts_each_weight_once(env: ToyEnv, chain: list[RunRequest]
 
 
 def test_a_resumed_chain_keeps_the_first_task_bitwise(
-    env: ToyEnv, chain: list[RunRequest], tmp_path: Path
+    toy_env: ToyEnv, chain: list[RunRequest], tmp_path: Path
 ) -> None:
     first = chain[0].config.run_id
-    shutil.copytree(RunStore(env.results).run_dir(first), RunStore(tmp_path).run_dir(first))
+    shutil.copytree(RunStore(toy_env.results).run_dir(first), RunStore(tmp_path).run_dir(first))
 
     def stop(step: int, phase: int, epoch: int) -> None:
         if step == 1 and epoch == 1:
@@ -124,12 +121,12 @@ def test_a_resumed_chain_keeps_the_first_task_bitwise(
     assert trained[0] == (1, 0, 2)  # step 1 resumed from its epoch-end checkpoint, step 0 not rerun
     for request in chain[1:]:
         run_id = request.config.run_id
-        a = torch.load(RunStore(env.results).run_dir(run_id) / "model.pt", weights_only=True)["model"]
+        a = torch.load(RunStore(toy_env.results).run_dir(run_id) / "model.pt", weights_only=True)["model"]
         b = torch.load(RunStore(tmp_path).run_dir(run_id) / "model.pt", weights_only=True)["model"]
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     last = chain[-1].config.run_id
     assert torch.equal(
-        task_logits(env, env.results, first, "colors"), task_logits(env, tmp_path, last, "colors")
+        task_logits(toy_env, toy_env.results, first, "colors"), task_logits(toy_env, tmp_path, last, "colors")
     )
 
 
