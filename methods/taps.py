@@ -69,7 +69,7 @@ def keep_adapted(model: nn.Module, adapted: set[str]) -> nn.Module:
 @register_method("taps")
 class TAPS(Method):
     """The authors' gate (threshold 0.1, scores from 0.15), penalty (``lam`` 1 over the code's constant 52,
-    after 2 warm-up epochs) and weight decay 0; the schedule is the decathlon recipe of the other methods
+    after 3 warm-up epochs, as their loop runs them) and weight decay 0; the schedule is the decathlon recipe of the other methods
     (SGD lr 0.1, 120 epochs, x0.1 at 80 and 100, batch 128): the authors' code has none for the decathlon."""
 
     defaults: ClassVar[dict[str, Any]] = {
@@ -79,7 +79,7 @@ class TAPS(Method):
         "threshold": 0.1,
         "score_init": 0.15,
         "penalty_divisor": 52.0,
-        "warmup_epochs": 2,
+        "warmup_epochs": 3,
     }
     search_space: ClassVar[dict[str, Distribution]] = {
         "lr": SGD_SEARCH["lr"],

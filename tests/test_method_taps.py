@@ -72,4 +72,4 @@ def test_the_penalty_starts_after_the_warm_up_and_is_lam_times_the_l1_of_the_sco
     method.param_groups(model, main, ctx)
     penalised = method.loss(model, images, labels, ctx)
     assert torch.isclose(penalised - plain, torch.tensor(2.0 * 25 * 0.15 / 52))
-    assert warmup.epochs == 2 and main.epochs == 120
+    assert warmup.epochs == 3 and main.epochs == 120
