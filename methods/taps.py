@@ -69,8 +69,9 @@ def keep_adapted(model: nn.Module, adapted: set[str]) -> nn.Module:
 @register_method("taps")
 class TAPS(Method):
     """The authors' gate (threshold 0.1, scores from 0.15), penalty (``lam`` 1 over the code's constant 52,
-    after 3 warm-up epochs, as their loop runs them) and weight decay 0; the schedule is the decathlon recipe of the other methods
-    (SGD lr 0.1, 120 epochs, x0.1 at 80 and 100, batch 128): the authors' code has none for the decathlon."""
+    after 3 warm-up epochs, as their loop runs them) and weight decay 0; the schedule is the decathlon recipe
+    of the other methods (SGD lr 0.1, 120 epochs, x0.1 at 80 and 100, batch 128): the authors' code has none
+    for the decathlon."""
 
     defaults: ClassVar[dict[str, Any]] = {
         **SGD_RECIPE,
