@@ -12,11 +12,12 @@ preset `paper-steps`). One deviation: at test the policy takes the likelier copy
 samples Gumbel noise again, so that a run's predictions, and a bundle's, are deterministic.
 
 While training both copies run on every image and are mixed by the one-hot choice; at inference each copy
-runs only on the images routed to it, so the multiply-accumulates counted are the ones a deployment spends
-(the record holds their mean over the test set and the fraction of images each block sends to its fine-tuned
-copy). `policy="global"` learns one choice per block for all the task's images (no policy network); the
-paper's Global-k variant, whose extra losses make the policy network fine-tune the same k blocks for every
-image, is not built.
+runs only on the images routed to it. The two copies cost the same, so every image costs the backbone's
+multiply-accumulates plus the policy's whatever the routing: the MACs of one image are the mean over the test
+set. The record holds them and the fraction of test images each block sends to its fine-tuned copy.
+`policy="global"` learns one choice per block for all the task's images (no policy network); the paper's
+Global-k variant, whose extra losses make the policy network fine-tune the same k blocks for every image, is
+not built.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from vdd_bench.methods._surgery import batchnorms, freeze
 
-from vdd_bench.accounting import count_macs_over
 from vdd_bench.backbones import Backbone, build_resnet26
 from vdd_bench.config import BackboneSpec
 from vdd_bench.errors import VddError
@@ -216,8 +216,7 @@ class SpotTune(Method):
     def measure(
         self, model: nn.Module, ctx: TaskContext, test_images: Callable[[], Iterator[Tensor]]
     ) -> dict[str, Any]:
-        """The mean MACs per test image as routed, and the fraction of test images each block sends to its
-        fine-tuned copy."""
+        """The fraction of test images each block sends to its fine-tuned copy (one pass of the policy)."""
         tuned, count = torch.zeros(len(model.blocks)), 0
         model.eval()
         with torch.no_grad():
@@ -226,7 +225,6 @@ class SpotTune(Method):
                 count += len(batch)
         fractions = (tuned / max(count, 1)).tolist()
         return {
-            "macs": count_macs_over(model, test_images(), ctx.input_size),
             "tuned_fraction": [round(f, 4) for f in fractions],
             "mean_tuned_fraction": round(sum(fractions) / len(fractions), 4),
         }

@@ -9,7 +9,6 @@ pooling are not counted, as in the papers' tables.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -35,23 +34,6 @@ def count_macs(model: nn.Module, input_size: int, in_channels: int = 3) -> int:
     finally:
         model.train(was_training)
     return counter.get_total_flops() // 2
-
-
-def count_macs_over(model: nn.Module, batches: Iterator[Tensor], input_size: int) -> int:
-    """Mean multiply-accumulates per image of ``model`` over ``batches`` of real images, in eval mode: the
-    cost of a network whose computation depends on its input (one image of ``input_size`` when there are
-    none)."""
-    was_training, total, count = model.training, 0, 0
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                with FlopCounterMode(display=False) as counter:
-                    model(batch)
-                total, count = total + counter.get_total_flops() // 2, count + len(batch)
-    finally:
-        model.train(was_training)
-    return round(total / count) if count else count_macs(model, input_size)
 
 
 def count_parameters(model: nn.Module, include_classifier: bool = True) -> int:

@@ -12,7 +12,7 @@ import io
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -344,15 +344,22 @@ def _scores(outputs: list[Any], batch: int, classes: int) -> bool:
 
 
 @torch.no_grad()
+def eval_batches(
+    images: torch.Tensor, augment: AugmentSpec, device: Device, batch_size: int = 256
+) -> Iterator[torch.Tensor]:
+    """uint8 ``images`` in batches, in the recipe's test-time transform, on ``device`` and in its layout."""
+    for start in range(0, len(images), batch_size):
+        uint8 = images[start : start + batch_size].to(device.torch_device)
+        yield device.prepare_batch(augment_batch(uint8, augment, train=False))
+
+
 def predict(
     model: nn.Module, images: torch.Tensor, augment: AugmentSpec, device: Device, batch_size: int = 256
 ) -> np.ndarray:
     """Class index predicted for every image (test-time transform of the recipe)."""
     model.eval()
     out = []
-    for start in range(0, len(images), batch_size):
-        uint8 = images[start : start + batch_size].to(device.torch_device)
-        batch = device.prepare_batch(augment_batch(uint8, augment, train=False))
+    for batch in eval_batches(images, augment, device, batch_size):
         with device.autocast():
             logits = model(batch)
         out.append(logits.argmax(dim=1).cpu())

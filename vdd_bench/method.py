@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vdd_bench.accounting import count_macs, parameter_split
+from vdd_bench.accounting import parameter_split
 from vdd_bench.backbones import Backbone, BackboneSpec, build_backbone
 from vdd_bench.config import Planner, RunRequest, TaskPlanner
 from vdd_bench.errors import VddError
@@ -321,12 +321,10 @@ class Method:
     def measure(
         self, model: nn.Module, ctx: TaskContext, test_images: Callable[[], Iterator[torch.Tensor]]
     ) -> dict[str, Any]:
-        """The trained network's cost, measured by the harness for every method: ``macs`` per image, and any
-        fact the method measures on the test images (JSON-safe; it joins `report`'s in the record).
-        ``test_images()`` yields the test split in the test transform, in batches on the CPU. By default
-        one image is counted, which is every image's cost in a network whose computation does not depend on
-        its input; a method that routes images (SpotTune) counts the mean over the test set."""
-        return {"macs": count_macs(model, ctx.input_size)}
+        """Facts the trained network shows on the test images (JSON-safe; they join `report`'s in the record),
+        such as how a routing network (SpotTune) sends them. ``test_images()`` yields the test split in the
+        test transform, in batches on the CPU; it is read only when called. None by default."""
+        return {}
 
     def report(self, model: nn.Module, ctx: TaskContext) -> dict[str, Any]:
         """Method-specific facts for the record (e.g. the kept architecture), JSON-safe. Only what the run

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from vdd_bench.augment import AugmentSpec, augment_batch, geometry, make_spec
+from vdd_bench.accounting import count_macs
+from vdd_bench.augment import AugmentSpec, geometry, make_spec
 from vdd_bench.backbones import BackboneSpec, load_checkpoint
 from vdd_bench.benchmark import Benchmark, SplitIndex
 from vdd_bench.cache import default_cache_path, load_split_images
@@ -24,7 +25,14 @@ from vdd_bench.config import Planner, RunConfig, RunRequest, RunSettings, TaskPl
 from vdd_bench.curves import finish_curves
 from vdd_bench.device import Device, pick_device
 from vdd_bench.distributed import Distributed
-from vdd_bench.engine import LabelledImages, Trainer, predict, remove_checkpoints, save_state
+from vdd_bench.engine import (
+    LabelledImages,
+    Trainer,
+    eval_batches,
+    predict,
+    remove_checkpoints,
+    save_state,
+)
 from vdd_bench.errors import VddError
 from vdd_bench.faults import fault_point
 from vdd_bench.method import METHODS, Method, TaskContext, get_method
@@ -206,12 +214,9 @@ def load_task_data(bench: Benchmark, config: RunConfig, results: Path) -> TaskDa
     return TaskData(splits, images, train, augment)
 
 
-def test_batches(data: TaskData, batch_size: int = 256) -> Iterator[torch.Tensor]:
-    """The test images in the test transform, float32 batches on the CPU."""
-    images = data.images["test"]
-    for start in range(0, len(images), batch_size):
-        uint8 = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
-        yield augment_batch(uint8, data.augment, train=False)
+def measurement_images(data: TaskData) -> Iterator[torch.Tensor]:
+    """The test split in the test-time transform, float32 batches on the CPU (what `Method.measure` reads)."""
+    return eval_batches(torch.from_numpy(data.images["test"]), data.augment, Device(torch.device("cpu")))
 
 
 def evaluate(
@@ -293,8 +298,7 @@ def finish_run(
 
     cpu_model = copy.deepcopy(model).cpu().float()
     accounting = run.method.account(cpu_model, run.ctx)
-    measured = run.method.measure(cpu_model, run.ctx, lambda: test_batches(data))
-    accounting["macs"] = int(measured.pop("macs"))
+    accounting["macs"] = count_macs(cpu_model, data.augment.crop)
     accounting["input_size"] = data.augment.crop
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
@@ -318,7 +322,10 @@ def finish_run(
         internal=not type(run.method).listed,
         chain_step=type(run.method).sequential,
         official_baseline_acc=facts.baseline_acc if facts else None,
-        method_report={**run.method.report(cpu_model, run.ctx), **measured},
+        method_report={
+            **run.method.report(cpu_model, run.ctx),
+            **run.method.measure(cpu_model, run.ctx, lambda: measurement_images(data)),
+        },
         history=history,
         searched=sorted(type(run.method).search_space),
         timing={
