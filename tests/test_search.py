@@ -138,3 +138,27 @@ def test_vdd_methods_search_lists_every_listed_methods_space() -> None:
         "lr": "log-uniform [1e-06, 0.001]",
         "classifier_lr": "log-uniform [0.0001, 0.1]",
     }
+
+
+def searched_rows(doc: Path) -> dict[str, str]:
+    """The searched hyper-parameters table of docs/search.md: each method named in a row -> the row's text."""
+    rows: dict[str, str] = {}
+    lines = doc.read_text().splitlines()
+    start = lines.index("| method | searched hyper-parameters |") + 2
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        names, text = line.strip("|").split("|", 1)
+        for name in names.replace("`", "").split(","):
+            assert name.strip() not in rows, f"{name.strip()} has two rows"
+            rows[name.strip()] = text
+    return rows
+
+
+def test_the_search_spaces_in_the_docs_are_the_ones_the_methods_declare() -> None:
+    rows = searched_rows(Path(__file__).resolve().parents[1] / "docs" / "search.md")
+    assert set(rows) == set(LISTED)
+    for name in LISTED:
+        for key, space in METHODS.get(name).search_space.items():
+            assert f" {key} " in rows[name] or f" {key}," in rows[name], f"docs/search.md: {name} lacks {key}"
+            assert str(space) in rows[name], f"docs/search.md: {name}.{key} is {space}"
