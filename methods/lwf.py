@@ -19,6 +19,11 @@ Deviations, named:
   reference LwF is measured against.
 - `source_first`: the chain starts with the backbone's own source task (set by `plan_chain`): its
   pre-trained classifier becomes the first head, untrained further.
+- BN statistics: the authors' networks have no BN. By default the main stage trains everything, the running
+  statistics included, so they follow the task being learned and nothing protects the earlier tasks' (the
+  distillation loss reaches only what gradients train). `freeze_bn_statistics` keeps every BN layer's
+  running statistics at the pre-trained network's in every stage (its affine weights still train), so the
+  old heads are evaluated with the statistics they were trained with.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from vdd_bench.methods._surgery import batchnorms
 
 from vdd_bench.backbones import Backbone, BackboneSpec, build_backbone
 from vdd_bench.chains import PREVIOUS
@@ -58,15 +64,18 @@ class LearningWithoutForgetting(SequentialMethod):
         "warmup_epochs": SGD_RECIPE["epochs"],
         "warmup_lr": SGD_RECIPE["lr"],
         "source_first": False,
+        "freeze_bn_statistics": False,
     }
     search_space: ClassVar[dict[str, Distribution]] = {
         "lr": LogUniform(1e-3, 0.3),
         "temperature": Choice((1.0, 2.0, 4.0)),
         "distill_weight": LogUniform(0.1, 10.0),
+        "freeze_bn_statistics": Choice((False, True)),
     }
 
     def __init__(self) -> None:
         self._phase = "train"
+        self._frozen_statistics = False
         self._teacher: tuple[Path, nn.Module] | None = None
 
     def skeleton(self, spec: BackboneSpec, structure: dict[str, Any]) -> nn.Module:
@@ -99,12 +108,16 @@ class LearningWithoutForgetting(SequentialMethod):
 
     def param_groups(self, model: nn.Module, phase: Phase, ctx: TaskContext) -> list[dict[str, Any]]:
         self._phase = phase.name  # the engine asks for the groups at the start of every phase
+        self._frozen_statistics = ctx.hparams["freeze_bn_statistics"]
         if phase.name == "warmup":
             return [{"params": list(model.classifier.tasks[-1].parameters())}]
         return [{"params": list(model.parameters())}]
 
     def train_mode(self, model: nn.Module) -> None:
         model.train(self._phase != "warmup")
+        if self._frozen_statistics:
+            for bn in batchnorms(model):
+                bn.eval()  # normalise with the pre-trained running statistics and leave them unchanged
 
     def _old_responses(self, ctx: TaskContext, images: Tensor) -> list[Tensor]:
         folder = ctx.inputs[PREVIOUS]
