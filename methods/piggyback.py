@@ -32,7 +32,7 @@ from vdd_bench.methods._surgery import apply_layer, batchnorms, freeze, replace_
 from vdd_bench.backbones import Backbone
 from vdd_bench.errors import VddError
 from vdd_bench.method import Method, Phase, TaskContext, pretrained_backbone, register_method
-from vdd_bench.search import Distribution, LogUniform
+from vdd_bench.search import Choice, Distribution, LogUniform
 from vdd_bench.store import atomic_write_bytes
 
 MASKED_KINDS = (nn.Conv2d, nn.Linear)
@@ -105,10 +105,11 @@ class Piggyback(Method):
     # Adam on the real-valued masks: from the authors' 1e-4 down to masks that barely move (the frozen
     # network) and up to 1e-3; above it, Adam's steps of about lr carry the masks (1e-2 at the start, the
     # threshold 5e-3) across the threshold within tens of steps, and every draw there fell to chance on the
-    # mini-decathlon. Adam on the new classifier: the authors' 1e-4 up to 0.1.
+    # mini-decathlon. Adam on the new classifier: the authors' 1e-4 up to 0.1. And the authors' `--train_bn`.
     search_space: ClassVar[dict[str, Distribution]] = {
         "lr": LogUniform(1e-6, 1e-3),
         "classifier_lr": LogUniform(1e-4, 1e-1),
+        "train_bn": Choice((False, True)),
     }
 
     def build(self, ctx: TaskContext) -> nn.Module:
