@@ -262,3 +262,19 @@ def test_records_that_name_their_searched_keys_are_selected_without_loading_torc
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_trials_made_before_a_search_space_grew_stay_in_one_row_with_the_later_ones() -> None:
+    """A method whose search later also varies `momentum`: its earlier trials (records that name only `lr`,
+    at the default momentum) and a later trial at another momentum compete for one row."""
+    earlier = [
+        replace(_record("alpha", t, lr, val=val, test=val), searched=["lr"])
+        for t, (lr, val) in enumerate([(0.1, 50.0), (0.01, 60.0)])
+    ]
+    for record in earlier:
+        record.config.hparams["momentum"] = 0.9
+    later = replace(_record("alpha", 2, 0.03, val=80.0, test=75.0), searched=["lr", "momentum"])
+    later.config.hparams["momentum"] = 0.5
+    [group] = build_groups([*earlier, later])
+    [row] = group.rows
+    assert row.accs == {"alpha": 75.0} and len(row.searched) == 3

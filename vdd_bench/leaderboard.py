@@ -37,7 +37,16 @@ from vdd_bench.score import (
     learned_nothing,
     official_baselines,
 )
-from vdd_bench.selection import REFIT, REFIT_OF, RULES, SPLIT_OF_RULE, Choice, fixed_setting, selection_key
+from vdd_bench.selection import (
+    REFIT,
+    REFIT_OF,
+    RULES,
+    SPLIT_OF_RULE,
+    Choice,
+    fixed_setting,
+    searched_keys,
+    selection_key,
+)
 from vdd_bench.selection import select as select_runs
 from vdd_bench.store import internal_runs
 
@@ -232,6 +241,19 @@ def _rule(select: str | None, records: list[RunRecord], protocol: str) -> str:
     return "val" if searched else "default"
 
 
+def searched_by_method(records: list[RunRecord], wanted: list[Expected]) -> dict[str, list[str]]:
+    """Per method, every key that any of its runs was searched over: the keys its records name (the method
+    registry's for an older record without them, and for a run still to be made), so that runs made before
+    its search space grew stay in one row with the trials made after."""
+    keys: dict[str, set[str]] = defaultdict(set)
+    for record in records:
+        method = record.config.method
+        keys[method] |= set(searched_keys(method) if record.searched is None else record.searched)
+    for entry in wanted:
+        keys[entry.config.method] |= searched_keys(entry.config.method)
+    return {method: sorted(names) for method, names in keys.items()}
+
+
 def _rows(
     records: list[RunRecord], wanted: list[Expected], rule: str, split: str, chosen: set[str]
 ) -> list[Row]:
@@ -246,12 +268,14 @@ def _rows(
         records = [r for r in records if not r.config.trial]
         wanted = [e for e in wanted if not e.config.trial]
 
-    def key(config: RunConfig, searched: list[str] | None = None) -> str:
-        return _row_key(config) if rule == "default" else selection_key(config, searched)
+    searched_of = searched_by_method(records, wanted) if rule != "default" else {}
+
+    def key(config: RunConfig) -> str:
+        return _row_key(config) if rule == "default" else selection_key(config, searched_of[config.method])
 
     by_key: dict[str, list[RunRecord]] = defaultdict(list)
     for record in records:
-        by_key[key(record.config, record.searched)].append(record)
+        by_key[key(record.config)].append(record)
     missing_by_key: dict[str, list[Expected]] = defaultdict(list)
     for entry in wanted:
         missing_by_key[key(entry.config)].append(entry)
@@ -267,7 +291,7 @@ def _rows(
         row = _row(runs, split) if runs else _empty_row(config)
         row.searched, row.choices = searched, choices
         if rule != "default":
-            row.hparams = fixed_setting(row.config, runs[0].searched if runs else None)
+            row.hparams = fixed_setting(row.config, searched_of[row.config.method])
         row.missing = [
             Missing(e.config.task, e.config.seed, e.run_id, e.command) for e in missing_by_key.get(rkey, [])
         ]
