@@ -169,3 +169,24 @@ def test_a_resumed_runs_training_time_counts_every_segment(
     assert first_segment >= 1.5
     resumed = execute(request, tmp_path, progress=False)
     assert resumed.timing["train_s"] > first_segment
+
+
+def test_predict_builds_no_autograd_graph() -> None:
+    """Evaluation of every run goes through `predict`: its forward passes run without gradient tracking."""
+    from torch import nn
+
+    from vdd_bench.augment import make_spec
+    from vdd_bench.device import Device
+    from vdd_bench.engine import predict
+
+    grad_enabled: list[bool] = []
+
+    class Probe(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            grad_enabled.append(torch.is_grad_enabled())
+            return x.flatten(1)[:, :3]
+
+    spec = make_spec("residual_adapters", "t", 36, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    images = torch.zeros(300, 3, 36, 36, dtype=torch.uint8)
+    assert predict(Probe(), images, spec, Device(torch.device("cpu"))).shape == (300,)
+    assert grad_enabled == [False, False]

@@ -343,7 +343,6 @@ def _scores(outputs: list[Any], batch: int, classes: int) -> bool:
     return len(outputs) == 1 and isinstance(outputs[0], torch.Tensor) and outputs[0].shape == (batch, classes)
 
 
-@torch.no_grad()
 def eval_batches(
     images: torch.Tensor, augment: AugmentSpec, device: Device, batch_size: int = 256
 ) -> Iterator[torch.Tensor]:
@@ -353,6 +352,7 @@ def eval_batches(
         yield device.prepare_batch(augment_batch(uint8, augment, train=False))
 
 
+@torch.no_grad()
 def predict(
     model: nn.Module, images: torch.Tensor, augment: AugmentSpec, device: Device, batch_size: int = 256
 ) -> np.ndarray:
