@@ -138,7 +138,8 @@ def test_a_search_on_the_toy_chooses_on_validation_only_and_is_ordinary_runs(
     assert "6 runs: 6 already done, 0 completed" in again.output
     status = cli.invoke(main, ["status", "--sweep", str(sweep), *results])
     assert status.exit_code == 0, status.output
-    assert status.output.rstrip().endswith("6 runs: 6 done, 0 running, 0 pending, 0 failed, 0 todo")
+    counts = "6 runs: 6 done, 0 running, 0 pending, 0 failed, 0 diverged, 0 todo"
+    assert status.output.rstrip().endswith(counts)
 
     board = cli.invoke(main, ["leaderboard", *results, "--show-choice", "--format", "json"])
     [group] = json.loads(board.output)

@@ -96,7 +96,7 @@ def test_a_toy_sweep_through_slurm(toy_root: Path, toy_backbone: Path, tmp_path:
     assert states[broken]["error"].endswith("to restart the run from its first epoch")  # "no readable ..."
     assert Path(states[broken]["log"]).exists() and states[broken]["log"].endswith("_log.err")
     table = cli.invoke(main, ["status", "--results", str(cluster)]).output
-    assert "6 runs: 5 done, 0 running, 0 pending, 1 failed, 0 todo" in table
+    assert "6 runs: 5 done, 0 running, 0 pending, 1 failed, 0 diverged, 0 todo" in table
 
     (folder / "checkpoint.pt").unlink()  # fixed: the relaunch submits that run alone
     second = cli.invoke(main, on_slurm)

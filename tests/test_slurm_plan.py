@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from vdd_bench.config import RunConfig
+from vdd_bench.config import RunConfig, closure
 from vdd_bench.errors import VddError
 from vdd_bench.runner import RunRequest
 from vdd_bench.slurm.launcher import SlurmLauncher, read_submission
@@ -251,7 +251,7 @@ def test_status_reads_the_store_and_the_scheduler(tmp_path: Path, monkeypatch: p
     )
     assert statuses["lost"].error == "job 7_3 ended NODE_FAIL without finishing the run"
     table = render_status(list(statuses.values()))
-    assert "6 runs: 1 done, 1 running, 1 pending, 2 failed, 1 todo" in table
+    assert "6 runs: 1 done, 1 running, 1 pending, 2 failed, 0 diverged, 1 todo" in table
 
 
 def test_the_cli_needs_a_profile_and_status_lists_a_sweeps_runs(make_root, tmp_path: Path) -> None:
@@ -269,7 +269,7 @@ def test_the_cli_needs_a_profile_and_status_lists_a_sweeps_runs(make_root, tmp_p
     assert refused.exit_code == 2 and "--launcher slurm needs --profile FILE" in refused.output
     shown = CliRunner().invoke(main, ["status", "--sweep", str(sweep), *results])
     assert shown.exit_code == 0, shown.output
-    assert "4 runs: 0 done, 0 running, 0 pending, 0 failed, 4 todo" in shown.output
+    assert "4 runs: 0 done, 0 running, 0 pending, 0 failed, 0 diverged, 4 todo" in shown.output
     rows = [line.split() for line in shown.output.splitlines() if line.startswith("todo")]
     assert sorted((r[1], r[2], r[3]) for r in rows) == [
         ("scratch", task, seed) for task in ("alpha", "beta") for seed in ("0", "1")
@@ -359,3 +359,28 @@ def test_a_summary_line_names_a_few_jobs_and_counts_the_rest() -> None:
 
     assert _job_list(["1_0", "1_1"]) == "1_0,1_1"
     assert _job_list([f"7_{k}" for k in range(4500)]) == "7_0,7_1,7_2 and 4497 more jobs"
+
+
+def test_the_runs_reading_a_diverged_run_are_settled_without_a_job(tmp_path: Path) -> None:
+    """A teacher settled as diverged (a search trial's lr drawn too high): its student, candidates and
+    selection are settled as diverged at planning, no job is submitted for them, and `vdd status` says
+    diverged, naming the input; a job already queued for a reader settles it the same way."""
+    from vdd_bench.slurm.job import RunJob
+    from vdd_bench.status import run_statuses
+
+    diverging, healthy = nettailor("task0"), nettailor("task1")
+    teacher = diverging.inputs["teacher"].config.run_id
+    store = RunStore(tmp_path)
+    store.diverge(teacher, "finetune/task0: loss became nan at epoch 3 in phase train")
+    student = diverging.inputs["candidate_2"].inputs["student"]
+    said = RunJob(student, str(tmp_path))()
+    assert said == f"{student.config.run_id}: settled as diverged: input teacher ({teacher}) diverged"
+    summary, [executor] = launch(tmp_path, [diverging, healthy])
+    assert summary.diverged == 5  # the teacher, its student, 2 candidates and the selection
+    submitted = {r.config.run_id for g in summary.groups for r in g.requests}
+    assert submitted == {r.config.run_id for r in closure([healthy])}
+    states = {s.run_id: s for s in run_statuses(tmp_path, [r.config.run_id for r in closure([diverging])])}
+    assert {s.state for s in states.values()} == {"diverged"}
+    assert states[diverging.config.run_id].error == f"input teacher ({teacher}) diverged"
+    summary, executors = launch(tmp_path, [diverging])  # a relaunch: nothing to submit
+    assert executors == [] and summary.diverged == 5 and summary.submitted == 0

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from vdd_bench.cli_settings import GivenSettings, settings_options
-from vdd_bench.errors import VddError
+from vdd_bench.errors import Diverged, VddError
 
 RESULTS = click.option(
     "--results",
@@ -138,6 +138,9 @@ def run(method, task, seed, given: GivenSettings, sets, results, device, progres
     store.mark_entries([request.config.run_id])
     try:
         record = execute(request, results, _device(device), progress)
+    except Diverged as exc:  # `vdd status` then says diverged; a sweep leaves it settled, `vdd run` retries
+        store.diverge(request.config.run_id, str(exc))
+        raise
     except Exception as exc:  # `vdd status` then says failed, with this error, not todo
         store.fail(request.config.run_id, exc)
         raise
@@ -210,11 +213,17 @@ def _sweep_requests(sweep_file: Path | None, given: dict[str, Any], sets: tuple[
     is_flag=True,
     help="After a search: train each setting selected on validation again on train+val (protocol trainval).",
 )
+@click.option(
+    "--retry-diverged",
+    is_flag=True,
+    help="Run again the runs of this sweep settled as diverged (a relaunch leaves them be: the same setting "
+    "diverges again unless the code or data changed).",
+)
 @SETS
 @RESULTS
 @DEVICE
 @PROGRESS
-def sweep(sweep_file, given: GivenSettings, sets, dry_run, refit, **options) -> None:
+def sweep(sweep_file, given: GivenSettings, sets, dry_run, refit, retry_diverged, **options) -> None:
     """Methods x tasks x seeds on one benchmark, from a sweep file and/or options; done runs are skipped.
 
     With --launcher slurm the runs are submitted as job arrays (one per method and dependency level) and
@@ -235,11 +244,17 @@ def sweep(sweep_file, given: GivenSettings, sets, dry_run, refit, **options) -> 
         from vdd_bench.store import RunStore
 
         requests = plan_refits(requests, RunStore(results))
+    if retry_diverged and not dry_run:
+        from vdd_bench.config import closure
+
+        cleared = RunStore(results).clear_diverged(r.config.run_id for r in closure(requests))
+        click.echo(f"{cleared} run(s) settled as diverged will run again")
     if dry_run:
         store = RunStore(results)
         for request in requests:
-            state = "done" if store.is_done(request.config.run_id) else "todo"
-            click.echo(f"{state}\t{request.config.run_id}\ttrial {request.config.trial}")
+            run_id = request.config.run_id
+            state = "done" if store.is_done(run_id) else "diverged" if store.is_diverged(run_id) else "todo"
+            click.echo(f"{state}\t{run_id}\ttrial {request.config.trial}")
         return
     if profile is not None:
         _sweep_on_slurm(requests, profile, results, device, options["wait"])
@@ -247,11 +262,21 @@ def sweep(sweep_file, given: GivenSettings, sets, dry_run, refit, **options) -> 
     summary = LocalLauncher(results, _device(device), options["progress"], options["jobs"]).launch(requests)
     claimed = f", {len(summary.claimed)} skipped (running elsewhere)" if summary.claimed else ""
     elsewhere = f", {summary.done_elsewhere} done meanwhile elsewhere" if summary.done_elsewhere else ""
+    diverged = _diverged_note(summary.diverged_before + len(summary.diverged))
     click.echo(
         f"{len(requests)} runs: {summary.done_before} already done, {summary.completed} completed, "
-        f"{len(summary.failed)} failed{claimed}{elsewhere}"
+        f"{len(summary.failed)} failed{claimed}{elsewhere}{diverged}"
     )
+    for run_id, why in summary.diverged:
+        click.echo(f"diverged: {run_id}: {why}", err=True)
     _report_failures(summary)
+
+
+def _diverged_note(count: int) -> str:
+    """A sweep summary's words for the runs settled as diverged (none: nothing)."""
+    if not count:
+        return ""
+    return f", {count} diverged (settled: a relaunch leaves them, --retry-diverged runs them again)"
 
 
 def _job_list(job_ids: list[str], shown: int = 3) -> str:
@@ -271,7 +296,7 @@ def _sweep_on_slurm(requests, profile, results: Path, device: str | None, wait: 
     click.echo(
         f"{summary.runs} runs (inputs included): {summary.done_before} already done, "
         f"{len(summary.active)} queued or running, {summary.submitted} submitted in "
-        f"{len(summary.groups)} job array(s){where}"
+        f"{len(summary.groups)} job array(s){where}{_diverged_note(summary.diverged)}"
     )
     for group in summary.groups:
         after = f" after {_job_list(group.after)}" if group.after else ""
@@ -281,7 +306,7 @@ def _sweep_on_slurm(requests, profile, results: Path, device: str | None, wait: 
         return
     wait_for(summary.job_ids() + [j for j in summary.active.values() if not j.startswith("pid ")])
     ids = [g_request.config.run_id for g in summary.groups for g_request in g.requests]
-    failed = [s for s in run_statuses(results, ids) if s.state != "done"]
+    failed = [s for s in run_statuses(results, ids) if s.state not in ("done", "diverged")]
     for status in failed:
         click.echo(f"{status.state}: {status.run_id}: {status.error or ''} (log {status.log})", err=True)
     if failed:
@@ -375,6 +400,7 @@ def leaderboard(
         raise VddError(f"no finished runs under {results}: run `vdd demo` or `vdd sweep` first")
     groups = build_groups(records, split, expected, store.entry_ids(), options["select"])
     click.echo(render_groups(groups, fmt, split, options["show_choice"]))
+    _note_diverged(store, fingerprint)
     if fmt == "markdown":
         from vdd_bench.architectures import render_architectures
         from vdd_bench.leaderboard import shown_runs
@@ -385,6 +411,17 @@ def leaderboard(
         )
         if tailored:
             click.echo("\n" + tailored)
+
+
+def _note_diverged(store, fingerprint: str | None) -> None:
+    """Say on stderr which runs were settled as diverged: they have no result, so a search never chose them
+    and a table has no cell from them (a few named, the rest counted)."""
+    diverged = [c for c in store.diverged_configs() if fingerprint is None or c.benchmark == fingerprint]
+    if not diverged:
+        return
+    named = ", ".join(f"{c.method}/{c.task} seed {c.seed} trial {c.trial} ({c.run_id})" for c in diverged[:5])
+    more = f" and {len(diverged) - 5} more" if len(diverged) > 5 else ""
+    click.echo(f"note: {len(diverged)} run(s) settled as diverged, without a result: {named}{more}", err=True)
 
 
 def _expected_runs(sweep_files: tuple[Path, ...], root: Path | None, checkpoint: Path | None) -> list:

@@ -27,7 +27,7 @@ from vdd_bench.batches import epoch_batches
 from vdd_bench.curves import curve_rows, write_curves
 from vdd_bench.device import Device
 from vdd_bench.distributed import Distributed, check_batch
-from vdd_bench.errors import VddError
+from vdd_bench.errors import Diverged, VddError
 from vdd_bench.faults import fault_point
 from vdd_bench.method import Method, Phase, TaskContext
 from vdd_bench.safeload import load_tensors
@@ -214,10 +214,10 @@ class Trainer:
                 loss, accuracy, seen = self._epoch(net, optimizer, data, augment, phase, generator)
                 self.throughput.append(round(seen / max(time.perf_counter() - started, 1e-9), 1))
                 if not np.isfinite(loss):
-                    raise VddError(self._diverged(f"loss became {loss}", phase, epoch))
+                    raise Diverged(self._diverged(f"loss became {loss}", phase, epoch))
                 if (name := first_non_finite(model)) is not None:  # a finite loss can hide them (lr=inf)
                     self.bad_step = None
-                    raise VddError(self._diverged(f"{name} became non-finite", phase, epoch))
+                    raise Diverged(self._diverged(f"{name} became non-finite", phase, epoch))
                 fault_point("engine.epoch")
                 history.append(
                     {"phase": phase.name, "epoch": epoch + 1, "lr": lr, "loss": loss, "train_acc": accuracy}
@@ -250,8 +250,8 @@ class Trainer:
             kept = "no checkpoint was written yet"
         step = f"step {self.bad_step} of " if self.bad_step is not None else ""  # None: another rank's
         return (
-            f"{self.label}: {what} at {step}epoch {epoch + 1} in phase {phase.name}; {kept}: "
-            "lower the lr and relaunch"
+            f"{self.label}: {what} at {step}epoch {epoch + 1} in phase {phase.name}; {kept}: lower the lr "
+            "(the run is settled as diverged: `vdd sweep --retry-diverged` runs it again)"
         )
 
     def _prepare(self, model: nn.Module) -> nn.Module:

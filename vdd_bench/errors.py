@@ -12,3 +12,8 @@ class VddError(Exception):
 
 class DataError(VddError):
     """A benchmark root, annotation file, image or cache file that cannot be used as it is."""
+
+
+class Diverged(VddError):
+    """Training met a non-finite loss or weight. For a search trial this is the outcome of its setting (an
+    lr drawn too high diverges again on every attempt), so the run is settled as diverged, not failed."""

@@ -11,15 +11,18 @@ from vdd_bench.device import Device
 from vdd_bench.method import get_method
 from vdd_bench.runner import execute
 from vdd_bench.slurm.scheduler import active, queue
-from vdd_bench.store import RunStore, claim_is_live, read_claim
+from vdd_bench.store import RunStore, atomic_write_bytes, claim_is_live, read_claim
 
 BLOCKED = "blocked"  # how a run's `failed` file starts when an input it reads did not finish
 
 
 def needs_run(request: RunRequest, results: Path) -> bool:
-    """Not done yet; or done without what its method adds after the run (a chain step's accuracy row)."""
+    """Not done yet (nor settled as diverged); or done without what its method adds after the run (a chain
+    step's accuracy row)."""
     store = RunStore(results)
     run_id = request.config.run_id
+    if store.is_diverged(run_id):
+        return False
     if not store.is_done(run_id):
         return True
     return not get_method(request.config.method).complete(store.run_dir(run_id))
@@ -43,6 +46,15 @@ def live_claim_checker() -> Callable[[dict], bool]:
     return lambda claim: claim_is_live(claim, active_jobs)
 
 
+def diverged_input(request: RunRequest, store: RunStore) -> str | None:
+    """Why a run is settled before it starts: its first input settled as diverged (a chain step after a
+    diverged step, a NetTailor trial whose student diverged); None when no input diverged."""
+    for name, needed in request.inputs.items():
+        if store.is_diverged(needed.config.run_id):
+            return f"input {name} ({needed.config.run_id}) diverged"
+    return None
+
+
 def blocked_by(request: RunRequest, store: RunStore) -> str | None:
     """Why a run cannot start: its first input that is not done, and whether that one failed (or was blocked
     itself), is held by another live process, or ended without a result (cancelled, timed out); None when
@@ -61,3 +73,20 @@ def blocked_by(request: RunRequest, store: RunStore) -> str | None:
             how = "ended without finishing"
         return f"{BLOCKED}: input {name} ({input_id}) {how}: relaunch the sweep once it is fixed"
     return None
+
+
+def settle_unstartable(request: RunRequest, store: RunStore) -> tuple[str, str] | None:
+    """A run whose inputs did not all finish is settled now, without training: ("diverged", reason) when an
+    input diverged, ("failed", reason) when one failed or is missing (the `failed` file says which, and a
+    relaunch tries again); None when it can start."""
+    run_id = request.config.run_id
+    reason = diverged_input(request, store)
+    if reason is not None:
+        store.diverge(run_id, reason)
+        return "diverged", reason
+    reason = blocked_by(request, store)
+    if reason is None:
+        return None
+    store.run_dir(run_id).mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(store.run_dir(run_id) / "failed", f"{reason}\n".encode())
+    return "failed", reason

@@ -5,7 +5,8 @@ With `jobs` N > 1 up to N runs go at once, each in a worker process of its own: 
 device, on a CPU the cores split between the workers (torch's threads set in each, so that N processes never
 ask for N times the cores: two processes with every core's threads each run many times slower). A run
 starts when its inputs are done (NetTailor's teacher, student and candidates; a chain's previous step); a
-run whose input failed is marked blocked, naming it, and independent runs go on.
+run whose input failed is marked blocked, naming it, and independent runs go on. A run whose training
+diverges is settled as diverged (so is every run that reads it): not a failure, and not run again.
 
 After a run, its method's `after_run` does what the method adds (a chain step of PackNet or LwF is evaluated
 on every task of its chain learned so far: the accuracy matrix).
@@ -27,10 +28,10 @@ from tqdm.auto import tqdm
 
 from vdd_bench.config import RunRequest, closure
 from vdd_bench.device import Device, pick_device
-from vdd_bench.errors import VddError
-from vdd_bench.execution import blocked_by, live_claim_checker, needs_run, run_request
+from vdd_bench.errors import Diverged, VddError
+from vdd_bench.execution import live_claim_checker, needs_run, run_request, settle_unstartable
 from vdd_bench.method import get_method
-from vdd_bench.store import ClaimHeld, RunStore, atomic_write_bytes, claimed
+from vdd_bench.store import ClaimHeld, RunStore, claimed
 
 
 @dataclass
@@ -39,6 +40,8 @@ class LaunchSummary:
     completed: int = 0  # by this process
     done_elsewhere: int = 0  # finished by another process between this one's plan and its turn
     failed: list[tuple[str, str]] = field(default_factory=list)  # (run id, one-line error)
+    diverged_before: int = 0  # settled as diverged by an earlier launch
+    diverged: list[tuple[str, str]] = field(default_factory=list)  # (run id, why): settled by this one
     claimed: list[tuple[str, str]] = field(default_factory=list)  # (run id, who holds it): skipped
 
 
@@ -50,17 +53,23 @@ def default_jobs(device: Device | None) -> int:
 
 
 def run_one(request: RunRequest, results: Path, device: Device | None, progress: bool) -> tuple[str, str]:
-    """Run one planned run under its claim: ("completed" | "elsewhere" | "claimed" | "failed", message); a
-    failure is recorded in the run's folder (`failed`) and returned, never raised."""
+    """Run one planned run under its claim: ("completed" | "elsewhere" | "claimed" | "diverged" | "failed",
+    message); a failure or divergence is recorded in the run's folder (`failed`, `diverged`) and returned,
+    never raised."""
     store = RunStore(results)
     run_id = request.config.run_id
     try:
         with claimed(store.run_dir(run_id), live_claim_checker()):
+            if store.is_diverged(run_id):  # settled meanwhile, as another run's input
+                return "diverged", (store.run_dir(run_id) / "diverged").read_text().strip()
             if not needs_run(request, results):
                 return "elsewhere", ""
             run_request(request, results, device, progress)
     except ClaimHeld as exc:
         return "claimed", str(exc)
+    except Diverged as exc:
+        store.diverge(run_id, str(exc))
+        return "diverged", str(exc)
     except VddError as exc:
         store.fail(run_id, exc)
         return "failed", str(exc)
@@ -99,6 +108,8 @@ class LocalLauncher:
             if store.is_done(request.config.run_id):
                 summary.done_before += 1
                 get_method(request.config.method).after_run(request, self.results, self.device)
+            elif store.is_diverged(request.config.run_id):
+                summary.diverged_before += 1
             else:
                 todo.append(request)
         if self.jobs == 1:
@@ -116,7 +127,7 @@ class LocalLauncher:
         """Every run of `todo` and its inputs in a pool of `jobs` workers, each once its inputs are done."""
         store = RunStore(self.results)
         asked = {request.config.run_id for request in todo}
-        waiting = {r.config.run_id: r for r in closure(todo) if not store.is_done(r.config.run_id)}
+        waiting = {r.config.run_id: r for r in closure(todo) if not settled(store, r.config.run_id)}
         devices = _worker_devices(self.device, self.jobs)
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch state
         slots = context.Queue()
@@ -133,13 +144,11 @@ class LocalLauncher:
                     if any(i in waiting or i in running.values() for i in inputs):
                         continue  # an input still to run, or running now
                     del waiting[run_id]
-                    blocked = blocked_by(request, store)
-                    if blocked is None:
+                    unstartable = settle_unstartable(request, store)  # an input diverged, failed, or is held
+                    if unstartable is None:
                         running[pool.submit(_run_in_worker, request, str(self.results))] = run_id
                         continue
-                    store.run_dir(run_id).mkdir(parents=True, exist_ok=True)  # an input failed, or is held
-                    atomic_write_bytes(store.run_dir(run_id) / "failed", f"{blocked}\n".encode())
-                    _count(summary, run_id, "failed", blocked, asked, bar)
+                    _count(summary, run_id, *unstartable, asked, bar)
                 if not running:
                     continue  # what is left waits on runs just marked blocked: the next pass marks it too
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -166,10 +175,17 @@ def _count(
         summary.done_elsewhere += 1
     elif outcome == "claimed":
         summary.claimed.append((run_id, message))
+    elif outcome == "diverged":
+        summary.diverged.append((run_id, message))
     else:
         summary.failed.append((run_id, message))
     if bar is not None:
         bar.update(1)
+
+
+def settled(store: RunStore, run_id: str) -> bool:
+    """Nothing left to do for this run: done, or settled as diverged."""
+    return store.is_done(run_id) or store.is_diverged(run_id)
 
 
 def _worker_devices(device: Device | None, jobs: int) -> list[str]:

@@ -33,7 +33,7 @@ from vdd_bench.engine import (
     remove_checkpoints,
     save_state,
 )
-from vdd_bench.errors import VddError
+from vdd_bench.errors import Diverged, VddError
 from vdd_bench.faults import fault_point
 from vdd_bench.method import METHODS, Method, TaskContext, get_method
 from vdd_bench.normalization import task_mean_std
@@ -359,8 +359,8 @@ def execute(
             remove_checkpoints(RunStore(results).run_dir(config.run_id) / "checkpoint.pt")
         return existing
     device = device or pick_device()
-    for needed in request.inputs.values():
-        execute(needed, results, device, progress)
+    for name, needed in request.inputs.items():
+        execute_input(name, needed, RunStore(results), device, progress)
     method = get_method(config.method)
     own = method.execute_run(request, Path(results), device, progress, on_epoch_end)
     if own is not None:
@@ -368,6 +368,20 @@ def execute(
     run = open_run(request, Path(results))
     model, history, _, seconds = train_run(run, device, progress, on_epoch_end)
     return finish_run(run, model, device, seconds, history)
+
+
+def execute_input(name: str, needed: RunRequest, store: RunStore, device: Device, progress: bool) -> None:
+    """Run an input before the run that reads it. An input that diverges (now, or settled so before) is
+    settled as diverged and the reader diverges with it: the reader cannot start, and trying it again
+    would only repeat the input."""
+    input_id = needed.config.run_id
+    if not store.is_diverged(input_id):
+        try:
+            execute(needed, store.results, device, progress)
+            return
+        except Diverged as exc:
+            store.diverge(input_id, str(exc))
+    raise Diverged(f"input {name} ({input_id}) diverged")
 
 
 def train_run(

@@ -6,6 +6,8 @@ scheduler's view.
   pending   its last SLURM job is queued (waiting for resources, for its inputs, or requeued)
   failed    its last attempt failed (`failed` file), or its job ended without a result (sacct says
             FAILED, CANCELLED, TIMEOUT, NODE_FAIL, OUT_OF_MEMORY, ...)
+  diverged  settled: its training met a non-finite loss or weight, or an input of it did (`diverged` file);
+            a relaunch leaves it (a search trial whose lr was drawn too high), `--retry-diverged` does not
   todo      never started (or its job vanished without a trace)
 """
 
@@ -20,7 +22,7 @@ from vdd_bench.slurm import scheduler
 from vdd_bench.slurm.scheduler import read_submission
 from vdd_bench.store import RunStore, claim_is_live, read_claim
 
-STATES = ("done", "running", "pending", "failed", "todo")
+STATES = ("done", "running", "pending", "failed", "diverged", "todo")
 
 
 @dataclass
@@ -69,6 +71,10 @@ def run_statuses(
         claim = read_claim(folder)
         if (folder / "done").exists():
             status.state = "done"
+        elif (folder / "diverged").exists():
+            status.state = "diverged"
+            status.error = last_error_line(folder / "diverged")
+            status.log = str(folder / "diverged")
         elif claim is not None and claim_is_live(claim, lambda: queued):
             job = claim.get("job_id")
             requeued = job is not None and queued is not None and queued.get(job, "RUNNING") != "RUNNING"

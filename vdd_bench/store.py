@@ -11,6 +11,8 @@ Layout of a run directory `<results>/runs/<run_id>/`:
   continual.json    a chain step only: its network evaluated on every task of the chain so far (written
                     after `done`; attached to the record as `RunRecord.continual`)
   failed            the error of the last failed attempt
+  diverged          a settled outcome instead of a result: training met a non-finite loss or weight (or an
+                    input of the run did); relaunches skip it, `vdd sweep --retry-diverged` runs it again
   claim.json        who is running the run now (see `RunStore.claim`); removed when it stops
   slurm.json        the SLURM job last submitted for the run (job id, log files)
 
@@ -85,6 +87,27 @@ class RunStore:
     def is_done(self, run_id: str) -> bool:
         return (self.run_dir(run_id) / "done").exists()
 
+    def is_diverged(self, run_id: str) -> bool:
+        return (self.run_dir(run_id) / "diverged").exists()
+
+    def diverge(self, run_id: str, reason: str) -> None:
+        """Settle a run whose training diverged, or whose input did: the reason goes in `diverged`, and a
+        relaunch neither runs it again nor counts it as failed (`clear_diverged` undoes this)."""
+        folder = self.run_dir(run_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(folder / "diverged", f"{reason}\n".encode())
+        (folder / "failed").unlink(missing_ok=True)
+
+    def clear_diverged(self, run_ids: Iterable[str]) -> int:
+        """Make these runs plannable again (`vdd sweep --retry-diverged`); returns how many were settled."""
+        cleared = 0
+        for run_id in run_ids:
+            path = self.run_dir(run_id) / "diverged"
+            if path.exists():
+                path.unlink()
+                cleared += 1
+        return cleared
+
     def start(self, config: RunConfig) -> Path:
         folder = self.run_dir(config.run_id)
         folder.mkdir(parents=True, exist_ok=True)
@@ -102,6 +125,7 @@ class RunStore:
         atomic_write_json(folder / "record.json", record.to_json())
         atomic_write_bytes(folder / "done", b"")
         (folder / "failed").unlink(missing_ok=True)  # an earlier attempt's error no longer applies
+        (folder / "diverged").unlink(missing_ok=True)
 
     def fail(self, run_id: str, error: BaseException) -> None:
         """Keep the error of a failed attempt in its folder, when the attempt got as far as making one: the
@@ -139,6 +163,20 @@ class RunStore:
             folder = os.path.join(root, name)
             if os.path.exists(os.path.join(folder, "done")):
                 yield read_record(os.path.join(folder, "record.json"))
+
+    def diverged_configs(self) -> Iterator[RunConfig]:
+        """The config of every run settled as diverged (one without a readable config is skipped)."""
+        if not self.runs.is_dir():
+            return
+        root = str(self.runs)
+        for name in sorted(os.listdir(root)):
+            folder = os.path.join(root, name)
+            if os.path.exists(os.path.join(folder, "diverged")):
+                try:
+                    with open(os.path.join(folder, "config.json")) as file:
+                        yield RunConfig.from_dict(json.load(file))
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue
 
 
 def internal_runs(records: Iterable[RunRecord], entry_ids: set[str] | None) -> set[str]:

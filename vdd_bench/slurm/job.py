@@ -19,8 +19,8 @@ import submitit
 from vdd_bench.config import RunRequest
 from vdd_bench.device import pick_device
 from vdd_bench.engine import load_state, previous_checkpoint
-from vdd_bench.errors import VddError
-from vdd_bench.execution import blocked_by, live_claim_checker, needs_run, run_request
+from vdd_bench.errors import Diverged, VddError
+from vdd_bench.execution import live_claim_checker, needs_run, run_request, settle_unstartable
 from vdd_bench.store import ClaimHeld, RunStore, atomic_write_bytes, claimed
 
 
@@ -38,12 +38,11 @@ class RunJob(submitit.helpers.Checkpointable):
         store = RunStore(results)
         run_id = self.request.config.run_id
         if not needs_run(self.request, results):
-            return f"{run_id}: already done"
-        blocked = blocked_by(self.request, store)
-        if blocked is not None:  # its jobs started after its inputs' jobs ended, but an input did not finish
-            store.run_dir(run_id).mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(store.run_dir(run_id) / "failed", f"{blocked}\n".encode())
-            return f"{run_id}: {blocked}"
+            return f"{run_id}: already done or settled"
+        unstartable = settle_unstartable(self.request, store)
+        if unstartable is not None:  # its job started after its inputs' jobs ended, but one did not finish
+            outcome, reason = unstartable
+            return f"{run_id}: {reason if outcome == 'failed' else 'settled as diverged: ' + reason}"
         cpus = os.environ.get("SLURM_CPUS_PER_TASK")
         if cpus:
             import torch
@@ -55,6 +54,9 @@ class RunJob(submitit.helpers.Checkpointable):
                 try:
                     report_resume(folder, self.request)
                     run_request(self.request, results, pick_device(self.device), progress=False)
+                except Diverged as exc:  # a settled outcome: the job ends normally, the run is not retried
+                    store.diverge(run_id, str(exc))
+                    return f"{run_id}: diverged: {exc}"
                 except Exception as exc:
                     text = f"{exc}\n" if isinstance(exc, VddError) else traceback.format_exc()
                     atomic_write_bytes(folder / "failed", text.encode())

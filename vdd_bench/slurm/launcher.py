@@ -7,7 +7,8 @@ job array over tasks x seeds) whose jobs wait with `afterany` for the jobs produ
 in this launch or still queued from an earlier one. A job whose own inputs are not done when it starts
 marks its run blocked (`slurm.job`) and ends, so one failed input stops only the runs that read it: with
 `afterok` a failed element would cancel every element of the dependent array, every task's student for one
-task's teacher. A relaunch submits the failed and blocked runs again.
+task's teacher. A relaunch submits the failed and blocked runs again, but not a run settled as diverged,
+nor one reading it (settled too, without a job): `vdd sweep --retry-diverged` makes them plannable again.
 
 Relaunching is idempotent: done runs are skipped, runs whose job is still queued or running (their
 `slurm.json` job in squeue, or a live claim) are left alone, everything else (never run, failed, lost) is
@@ -28,7 +29,7 @@ from typing import Any
 
 from vdd_bench.config import RunRequest, closure
 from vdd_bench.errors import VddError
-from vdd_bench.execution import needs_run
+from vdd_bench.execution import diverged_input, needs_run
 from vdd_bench.slurm import scheduler
 from vdd_bench.slurm.job import RunJob
 from vdd_bench.slurm.profile import SlurmProfile
@@ -49,6 +50,7 @@ class Group:
 class SlurmSummary:
     runs: int = 0
     done_before: int = 0
+    diverged: int = 0  # settled as diverged, by an earlier job or now (an input of theirs diverged)
     active: dict[str, str] = field(default_factory=dict)  # run id -> its queued or running job
     groups: list[Group] = field(default_factory=list)
     folder: Path | None = None
@@ -86,8 +88,16 @@ def plan_groups(
     summary.runs = len(all_runs)
     for request in all_runs:  # inputs come first
         run_id = request.config.run_id
+        if store.is_diverged(run_id):
+            summary.diverged += 1
+            continue
         if not needs_run(request, results):
             summary.done_before += 1
+            continue
+        reason = diverged_input(request, store)
+        if reason is not None:  # settled without a job: it could only repeat what its input did
+            store.diverge(run_id, reason)
+            summary.diverged += 1
             continue
         waiting = [r.config.run_id for r in request.inputs.values() if r.config.run_id in level]
         level[run_id] = 1 + max((level[i] for i in waiting), default=-1)
