@@ -115,3 +115,20 @@ def test_the_runs_reading_a_diverged_run_are_settled_with_it(
     assert second_step == f"input previous ({chain[0].config.run_id}) diverged"
     relaunch = LocalLauncher(tmp_path / "two", progress=False, jobs=2, threads=1).launch(nettailor)
     assert relaunch.diverged_before == len(nettailor) and not relaunch.diverged and not relaunch.completed
+
+
+def test_a_diverged_run_a_sweep_expects_reads_missing_with_the_command_that_runs_it_again(
+    toy_root: Path, toy_backbone: Path, tmp_path: Path
+) -> None:
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        f"benchmark: {toy_root}\nbackbone_checkpoint: {toy_backbone}\nmethods: [finetune]\ntasks: [colors]\n"
+        f"hparams:\n  finetune: {{epochs: 1, batch_size: 32, lr: {DIVERGING_LR}}}\n"
+    )
+    results = ["--results", str(tmp_path / "results")]
+    cli = CliRunner()
+    assert "1 diverged" in cli.invoke(main, ["sweep", "--file", str(sweep), *results]).output
+    board = cli.invoke(main, ["leaderboard", *results, "--sweep", str(sweep)])
+    assert board.exit_code == 0, board.output
+    [run_id] = [c.run_id for c in RunStore(tmp_path / "results").diverged_configs()]
+    assert f"run {run_id}: `vdd sweep --file {sweep} --retry-diverged`" in board.stdout

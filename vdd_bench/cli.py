@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -396,6 +397,11 @@ def leaderboard(
     expected = _expected_runs(sweep_files, root, checkpoint) if sweep_files else None
     if expected and fingerprint is not None:
         expected = [e for e in expected if e.config.benchmark == fingerprint]
+    if expected:  # what produces a run settled as diverged is the sweep with --retry-diverged
+        expected = [
+            replace(e, command=f"{e.command} --retry-diverged") if store.is_diverged(e.run_id) else e
+            for e in expected
+        ]
     if not records and not expected:
         raise VddError(f"no finished runs under {results}: run `vdd demo` or `vdd sweep` first")
     groups = build_groups(records, split, expected, store.entry_ids(), options["select"])
