@@ -127,7 +127,8 @@ class LocalLauncher:
         """Every run of `todo` and its inputs in a pool of `jobs` workers, each once its inputs are done."""
         store = RunStore(self.results)
         asked = {request.config.run_id for request in todo}
-        waiting = {r.config.run_id: r for r in closure(todo) if not settled(store, r.config.run_id)}
+        waiting = {r.config.run_id: r for r in closure(todo)}
+        waiting = {i: r for i, r in waiting.items() if not (store.is_done(i) or store.is_diverged(i))}
         devices = _worker_devices(self.device, self.jobs)
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch state
         slots = context.Queue()
@@ -181,11 +182,6 @@ def _count(
         summary.failed.append((run_id, message))
     if bar is not None:
         bar.update(1)
-
-
-def settled(store: RunStore, run_id: str) -> bool:
-    """Nothing left to do for this run: done, or settled as diverged."""
-    return store.is_done(run_id) or store.is_diverged(run_id)
 
 
 def _worker_devices(device: Device | None, jobs: int) -> list[str]:
