@@ -139,8 +139,7 @@ def run(method, task, seed, given: GivenSettings, sets, results, device, progres
     store.mark_entries([request.config.run_id])
     try:
         record = execute(request, results, _device(device), progress)
-    except Diverged as exc:  # `vdd status` then says diverged; a sweep leaves it settled, `vdd run` retries
-        store.diverge(request.config.run_id, str(exc))
+    except Diverged:  # settled by `execute`: `vdd status` says diverged; `vdd run` tries it again
         raise
     except Exception as exc:  # `vdd status` then says failed, with this error, not todo
         store.fail(request.config.run_id, exc)

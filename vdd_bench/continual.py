@@ -21,7 +21,7 @@ from vdd_bench import chains
 from vdd_bench.chains import CONTINUAL_FILE, ChainResult
 from vdd_bench.config import RunRequest, RunSettings
 from vdd_bench.device import Device, pick_device
-from vdd_bench.errors import Diverged, VddError
+from vdd_bench.errors import VddError
 from vdd_bench.runner import execute, task_planner
 from vdd_bench.sequential import sequential_method
 from vdd_bench.store import RunStore
@@ -57,11 +57,7 @@ def run_chain(
             def hook(phase: int, epoch: int, step: int = step) -> None:
                 on_epoch_end(step, phase, epoch)
 
-        try:
-            execute(request, Path(results), device, progress, hook)
-        except Diverged as exc:  # `vdd status` says so; a sweep leaves the step settled, `vdd chain` retries
-            RunStore(results).diverge(request.config.run_id, str(exc))
-            raise
+        execute(request, Path(results), device, progress, hook)  # a step that diverges is settled there
         method.after_run(request, results, device)
     return chain_result(results, requests[-1].config.run_id)
 

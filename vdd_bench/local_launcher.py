@@ -67,8 +67,7 @@ def run_one(request: RunRequest, results: Path, device: Device | None, progress:
             run_request(request, results, device, progress)
     except ClaimHeld as exc:
         return "claimed", str(exc)
-    except Diverged as exc:
-        store.diverge(run_id, str(exc))
+    except Diverged as exc:  # settled in the store by `execute`
         return "diverged", str(exc)
     except VddError as exc:
         store.fail(run_id, exc)

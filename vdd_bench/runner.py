@@ -351,36 +351,40 @@ def execute(
     progress: bool = True,
     on_epoch_end: Callable[[int, int], None] | None = None,
 ) -> RunRecord:
-    """Run to completion (resuming from the last epoch-end checkpoint) and return the record."""
-    config = request.config
-    existing = RunStore(results).record(config.run_id)
+    """Run to completion (resuming from the last epoch-end checkpoint) and return the record. A run whose
+    training diverges, or one of whose inputs did, is settled as diverged in the store (`RunStore.diverge`)
+    before `Diverged` is raised, whichever command ran it."""
+    config, store = request.config, RunStore(results)
+    existing = store.record(config.run_id)
     if existing is not None:
         with contextlib.suppress(OSError):  # left by a crash; a read-only store keeps them, harmlessly
-            remove_checkpoints(RunStore(results).run_dir(config.run_id) / "checkpoint.pt")
+            remove_checkpoints(store.run_dir(config.run_id) / "checkpoint.pt")
         return existing
     device = device or pick_device()
-    for name, needed in request.inputs.items():
-        execute_input(name, needed, RunStore(results), device, progress)
-    method = get_method(config.method)
-    own = method.execute_run(request, Path(results), device, progress, on_epoch_end)
-    if own is not None:
-        return own
-    run = open_run(request, Path(results))
-    model, history, _, seconds = train_run(run, device, progress, on_epoch_end)
-    return finish_run(run, model, device, seconds, history)
+    try:
+        for name, needed in request.inputs.items():
+            execute_input(name, needed, store, device, progress)
+        own = get_method(config.method).execute_run(request, Path(results), device, progress, on_epoch_end)
+        if own is not None:
+            return own
+        run = open_run(request, Path(results))
+        model, history, _, seconds = train_run(run, device, progress, on_epoch_end)
+        return finish_run(run, model, device, seconds, history)
+    except Diverged as exc:
+        store.diverge(config.run_id, str(exc))
+        raise
 
 
 def execute_input(name: str, needed: RunRequest, store: RunStore, device: Device, progress: bool) -> None:
-    """Run an input before the run that reads it. An input that diverges (now, or settled so before) is
-    settled as diverged and the reader diverges with it: the reader cannot start, and trying it again
-    would only repeat the input."""
+    """Run an input before the run that reads it. When the input diverges (now, or settled so before), so
+    does the reader: it cannot start, and trying it again would only repeat the input."""
     input_id = needed.config.run_id
     if not store.is_diverged(input_id):
         try:
             execute(needed, store.results, device, progress)
             return
-        except Diverged as exc:
-            store.diverge(input_id, str(exc))
+        except Diverged:
+            pass  # settled by its own `execute`
     raise Diverged(f"input {name} ({input_id}) diverged")
 
 

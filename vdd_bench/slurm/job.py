@@ -54,8 +54,7 @@ class RunJob(submitit.helpers.Checkpointable):
                 try:
                     report_resume(folder, self.request)
                     run_request(self.request, results, pick_device(self.device), progress=False)
-                except Diverged as exc:  # a settled outcome: the job ends normally, the run is not retried
-                    store.diverge(run_id, str(exc))
+                except Diverged as exc:  # settled by `execute`: the job ends normally, the run is not retried
                     return f"{run_id}: diverged: {exc}"
                 except Exception as exc:
                     text = f"{exc}\n" if isinstance(exc, VddError) else traceback.format_exc()
