@@ -279,3 +279,23 @@ def test_trials_made_before_a_search_space_grew_stay_in_one_row_with_the_later_o
     [group] = build_groups([*earlier, later])
     [row] = group.rows
     assert row.accs == {"alpha": 75.0} and len(row.searched) == 3
+
+
+def test_a_trial_budget_reads_a_larger_search_as_its_first_trials() -> None:
+    """`--trials 2` on a store of four trials chooses among trials 0 and 1 only (the search `vdd sweep
+    --trials 2` runs), counts two trials per cell and says so under the table; the later, better trial is
+    what the full budget chooses."""
+    from vdd_bench.tables import rule_lines
+
+    records = [
+        _record("alpha", trial, lr, val=val, test=val - 5.0)
+        for trial, (lr, val) in enumerate([(0.1, 50.0), (0.01, 60.0), (0.3, 40.0), (0.05, 90.0)])
+    ]
+    [full] = build_groups(records, select="val")
+    assert full.rows[0].accs == {"alpha": 85.0} and full.rows[0].trial_range() == "4"
+    [cut] = build_groups(records, select="val", trials=2)
+    [row] = cut.rows
+    assert row.accs == {"alpha": 55.0} and row.trial_range() == "2"
+    assert {c.record.config.trial for c in row.choices} == {1}
+    assert any("first 2 trial(s), trials 0 to 1" in line for line in rule_lines(cut))
+    assert not any("budget" in line for line in rule_lines(full))

@@ -356,6 +356,13 @@ def status(sweep_files, given: GivenSettings, sets, results, as_json) -> None:
     "[default where there are several]; oracle: best test accuracy (an upper bound); default: trial 0 only.",
 )
 @click.option("--show-choice", is_flag=True, help="List the setting chosen for every cell.")
+@click.option(
+    "--trials",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Read every search as its first N trials (0 to N-1), as `vdd sweep --trials N` would have run it: "
+    "an equal, smaller budget from a store that holds more.",
+)
 @sweep_files_option(
     "Sweep file (repeatable): every run it expects that is not done is shown as missing, by run id."
 )
@@ -403,7 +410,7 @@ def leaderboard(
         ]
     if not records and not expected:
         raise VddError(f"no finished runs under {results}: run `vdd demo` or `vdd sweep` first")
-    groups = build_groups(records, split, expected, store.entry_ids(), options["select"])
+    groups = build_groups(records, split, expected, store.entry_ids(), options["select"], options["trials"])
     click.echo(render_groups(groups, fmt, split, options["show_choice"]))
     _note_diverged(store, fingerprint)
     if fmt == "markdown":

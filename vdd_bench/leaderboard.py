@@ -139,6 +139,7 @@ class Group:
     baselines: dict[str, float] = field(default_factory=dict)  # task -> baseline accuracy the score used
     rule: str = "default"  # how each cell's run was chosen among a method's settings (`vdd_bench.selection`)
     hidden_trials: int = 0  # under the default rule: the search trials (trial > 0) left out
+    trial_budget: int | None = None  # searches read as if they had drawn only their first N trials
 
 
 def _group_key(config: RunConfig) -> str:
@@ -168,13 +169,19 @@ def build_groups(
     expected: list[Expected] | None = None,
     entry_ids: set[str] | None = None,
     select: str | None = None,
+    trials: int | None = None,
 ) -> list[Group]:
     """Groups of rows; `expected` (the runs of a sweep) makes every one of them that is not done missing;
     `entry_ids` (`RunStore.entry_ids`) leaves out the runs that exist only as another run's input; `select`
     is the rule that picks among a method's settings (`vdd_bench.selection`): None picks `val` where a
-    group has several settings of a method or search trials, else `default`."""
+    group has several settings of a method or search trials, else `default`. `trials` keeps trials 0 to
+    trials - 1 only: a trial's draw does not depend on how many trials the search has, so they are the search
+    that `vdd sweep --trials N` would have run (a smaller, equal budget read from a larger search's store)."""
     if select is not None and select not in RULES:
         raise VddError(f"unknown selection rule {select!r}: use {', '.join(RULES)}")
+    if trials is not None:
+        records = [r for r in records if r.config.trial < trials]
+        expected = [e for e in expected if e.config.trial < trials] if expected is not None else None
     by_group: dict[str, list[RunRecord]] = defaultdict(list)
     benches: dict[str, BenchmarkInfo] = {}
     records = with_final_accuracies(list(records))  # a chain's entries are its final network's
@@ -206,6 +213,7 @@ def build_groups(
         tasks = [t for t in bench.tasks if t in present]
         _finish_rows(rows, tasks, read_as_inputs, infer_missing=expected is None)
         group = Group(key, bench.kind, bench.name, tasks, rows, "", len(bench.tasks), rule=rule)
+        group.trial_budget = trials
         if rule == "default":
             group.hidden_trials = sum(1 for r in group_records if r.config.trial)
         _score(group)

@@ -52,7 +52,17 @@ def selecting(group: Group) -> bool:
 
 
 def rule_lines(group: Group) -> list[str]:
-    """The sentence under a table that says how its cells were chosen (none for a plain table)."""
+    """The sentences under a table that say how its cells were chosen (none for a plain table)."""
+    lines = _rule_sentence(group)
+    if group.trial_budget is not None and selecting(group):
+        lines.append(
+            f"budget: each search read as its first {group.trial_budget} trial(s), trials 0 to "
+            f"{group.trial_budget - 1} (`--trials {group.trial_budget}`); later trials in the store left out"
+        )
+    return lines
+
+
+def _rule_sentence(group: Group) -> list[str]:
     if group.rule == "val":
         return [
             "selection (val): each cell is the test accuracy of the method's setting with the best "
