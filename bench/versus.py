@@ -4,8 +4,8 @@ Reads a run store, selects each cell's run as `vdd leaderboard` does (`--select`
 task pairs its test predictions with the baseline's on the same images: the images only the method gets
 right, those only the baseline gets right, and the two-sided exact McNemar p-value (a binomial test on those
 discordant images; seeds are pooled). A mini-decathlon task has 200 to 500 test images, so a gap of a point
-or two is often a handful of images. A chain's row (PackNet, LwF) is its final network's accuracy, whose
-per-image predictions are not stored: those rows are left out.
+or two is often a handful of images. A chain's cell (PackNet, LwF) is its final network's accuracy: its
+predictions are those the chain's last step saved for every task (`continual-predictions.npz`).
 
     python bench/versus.py --results RESULTS --baseline feature --select val
 """
@@ -19,15 +19,23 @@ import numpy as np
 from scipy.stats import binomtest
 from tabulate import tabulate
 
+from vdd_bench.chains import CHAIN_PREDICTIONS_FILE
 from vdd_bench.leaderboard import build_groups
+from vdd_bench.record import RunRecord
 from vdd_bench.store import RunStore
 
 
-def correct(results: Path, run_id: str) -> dict[str, bool]:
-    """Test image id -> whether the run predicted it right."""
-    saved = np.load(results / "runs" / run_id / "predictions.npz")
-    hits = saved["test_pred"] == saved["test_labels"]
-    return dict(zip(saved["test_image_ids"].tolist(), hits.tolist(), strict=True))
+def correct(results: Path, run: RunRecord) -> dict[str, bool]:
+    """Test image id -> whether the cell's network predicted it right: the run's own, or for a chain step
+    the network at the end of its chain (the labels are the step's, on the same images)."""
+    saved = np.load(results / "runs" / run.run_id / "predictions.npz")
+    labels = dict(zip(saved["test_image_ids"].tolist(), saved["test_labels"].tolist(), strict=True))
+    if run.chain_end is None:
+        ids, predictions = saved["test_image_ids"], saved["test_pred"]
+    else:
+        final = np.load(results / "runs" / run.chain_end / CHAIN_PREDICTIONS_FILE)
+        ids, predictions = final[f"{run.task}.test_image_ids"], final[f"{run.task}.test_pred"]
+    return {i: p == labels[i] for i, p in zip(ids.tolist(), predictions.tolist(), strict=True)}
 
 
 def main() -> None:
@@ -35,19 +43,22 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=Path("results"))
     parser.add_argument("--baseline", default="feature")
     parser.add_argument("--select", default=None, choices=["val", "oracle", "default"])
+    parser.add_argument(
+        "--trials", type=int, default=None, help="Each search's first N trials, as the leaderboard's."
+    )
     parser.add_argument("--below-only", action="store_true", help="Only the cells below the baseline's.")
     args = parser.parse_args()
     store = RunStore(args.results)
     records = list(store.done_records())
-    for group in build_groups(records, "test", None, store.entry_ids(), args.select):
+    for group in build_groups(records, "test", None, store.entry_ids(), args.select, args.trials):
         rows = {row.method: row for row in group.rows if not row.published}
         if args.baseline not in rows:
             continue
         base = rows[args.baseline]
         table = []
         for method, row in rows.items():
-            if method == args.baseline or any(run.continual for run in row.runs):
-                continue  # a chain's cell is its final network's, not its runs' predictions
+            if method == args.baseline:
+                continue
             for task in group.tasks:
                 if task not in row.accs or task not in base.accs:
                     continue
@@ -56,7 +67,7 @@ def main() -> None:
                 only_method = only_base = 0
                 for run in (r for r in row.runs if r.task == task):
                     [paired] = [b for b in base.runs if b.task == task and b.config.seed == run.config.seed]
-                    mine, theirs = correct(args.results, run.run_id), correct(args.results, paired.run_id)
+                    mine, theirs = correct(args.results, run), correct(args.results, paired)
                     only_method += sum(mine[i] and not theirs[i] for i in mine)
                     only_base += sum(theirs[i] and not mine[i] for i in mine)
                 n = only_method + only_base
