@@ -6,13 +6,16 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 from method_helpers import ToyEnv
+from vdd_bench.tasks.toy import TOY_SOURCE
 
 from vdd_bench.chains import ChainResult
 from vdd_bench.cli import main
 from vdd_bench.continual import plan_chain, run_chain
 from vdd_bench.errors import VddError
+from vdd_bench.runner import load_run_model
 from vdd_bench.store import RunStore
 
 ORDER = ["colors", "pedestrians"]
@@ -84,3 +87,32 @@ def test_cli_chain_and_the_continual_leaderboard(toy_env: ToyEnv, tmp_path: Path
     board = CliRunner().invoke(main, ["leaderboard", "--format", "json", "--results", str(tmp_path)])
     [row] = [r for group in json.loads(board.output) for r in group["rows"] if r["method"] == "lwf"]
     assert row["accuracy"] == chain["final"]
+
+
+def test_a_chain_from_the_backbones_source_task_starts_from_the_pretrained_network(toy_env: ToyEnv) -> None:
+    """As the authors start from ImageNet: a chain whose order begins with the task the backbone was
+    pre-trained on sets `source_first` on every step; LwF's source step is the pre-trained network itself
+    (bitwise, its classifier the first head) and PackNet's prunes the pre-trained weights, keeping the largest
+    `1 - prune_first` of each layer for the source before any new task trains."""
+    assert not any(r.config.hparams["source_first"] for r in plan_chain(toy_env.settings, "lwf", ORDER, TINY))
+    pretrained = toy_env.pretrained
+    store = RunStore(toy_env.results)
+
+    lwf = plan_chain(toy_env.settings, "lwf", [TOY_SOURCE, "colors"], TINY)
+    assert all(r.config.hparams["source_first"] for r in lwf)
+    source_step = run_chain(lwf, toy_env.results, progress=False).run_ids[0]
+    state = load_run_model(store.run_dir(source_step))[0]
+    for key, value in pretrained.items():
+        assert torch.equal(state[key.replace("classifier.", "classifier.tasks.0.")], value), key
+
+    short = {"epochs": 1, "lr": 0.01, "batch_size": 32, "retrain_epochs": 1, "prune_first": 0.6}
+    packnet = plan_chain(toy_env.settings, "packnet", [TOY_SOURCE, "colors"], short)
+    source_step = run_chain(packnet, toy_env.results, progress=False).run_ids[0]
+    state = load_run_model(store.run_dir(source_step))[0]
+    owners = {k.removesuffix(".owner"): v for k, v in state.items() if k.endswith(".owner")}
+    assert owners
+    for name, owner in owners.items():
+        weights = pretrained[f"{name}.weight"].abs().flatten()
+        kept = owner.flatten() == 1
+        assert abs(kept.float().mean().item() - 0.4) < 0.01, name
+        assert weights[kept].min() >= weights[~kept].max(), name  # the largest pre-trained weights are kept
