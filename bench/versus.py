@@ -51,13 +51,13 @@ def main() -> None:
     store = RunStore(args.results)
     records = list(store.done_records())
     for group in build_groups(records, "test", None, store.entry_ids(), args.select, args.trials):
-        rows = {row.method: row for row in group.rows if not row.published}
+        rows = {row.label: row for row in group.rows if not row.published}  # a method may have two rows
         if args.baseline not in rows:
             continue
         base = rows[args.baseline]
         table = []
-        for method, row in rows.items():
-            if method == args.baseline:
+        for label, row in rows.items():
+            if label == args.baseline:
                 continue
             for task in group.tasks:
                 if task not in row.accs or task not in base.accs:
@@ -73,7 +73,7 @@ def main() -> None:
                 n = only_method + only_base
                 p = binomtest(only_method, n, 0.5).pvalue if n else 1.0
                 table.append(
-                    [method, task, row.accs[task], base.accs[task], only_method, only_base, f"{p:.3f}"]
+                    [label, task, row.accs[task], base.accs[task], only_method, only_base, f"{p:.3f}"]
                 )
         headers = ["method", "task", "acc", args.baseline, "only method right", "only baseline right", "p"]
         print(f"{group.name}\n{tabulate(table, headers, floatfmt='.2f')}\n")
