@@ -104,10 +104,13 @@ def test_a_chain_method_is_selected_as_a_whole_chain() -> None:
 
     records = chain(0, 0.001, {"alpha": (50.0, 50.0), "beta": (90.0, 90.0)})
     records += chain(1, 0.1, {"alpha": (80.0, 81.0), "beta": (70.0, 71.0)})  # mean val 75 > 70
+    # a chain that stopped after its first task (its next step diverged) does not compete, nor count
+    records += chain(2, 0.3, {"alpha": (99.0, 99.0)})
     [group] = build_groups(records, select="val")
     [row] = group.rows
     assert row.accs == {"alpha": 81.0, "beta": 71.0}
     assert {c.record.config.trial for c in row.choices} == {1}
+    assert row.trial_range() == "2"
 
 
 @pytest.fixture

@@ -95,5 +95,5 @@ def select(records: list[RunRecord], rule: str) -> list[Choice]:
                 ranked.append((-sum(values) / len(values), runs[0].config.trial, name, runs))
         if ranked:
             score, _, _, runs = min(ranked, key=lambda entry: entry[:3])
-            choices += [Choice(r, -score, len(candidates)) for r in runs]
+            choices += [Choice(r, -score, len(ranked)) for r in runs]  # the settings that competed
     return choices
