@@ -1,6 +1,7 @@
 """Learning without Forgetting (Li & Hoiem, "Learning without forgetting", 2016/2017).
 
-One shared network along a chain, one head per task. Before a task trains, the responses of the old heads
+One shared network along a chain, one head per task (the continual protocol; the decathlon tables' LwF row
+is one network per task, `lwf_per_task`). Before a task trains, the responses of the old heads
 (the network as the previous step left it) on the task's images are the distillation targets; the loss is
 `CE(new head) + distill_weight * sum over old heads of CE(softmax(old / T), softmax(new / T))` (soft-target
 cross-entropy at temperature T without a T^2 factor, as the authors' `vl_nnsoftmaxdiff.m`). A warm-up first
@@ -43,7 +44,8 @@ from vdd_bench.search import Choice, Distribution, LogUniform
 from vdd_bench.sequential import PerTask, SequentialMethod, first_model
 
 
-def _with_heads(model: Backbone) -> Backbone:
+def with_heads(model: Backbone) -> Backbone:
+    """The network with its classifier as the first of a list of per-task heads."""
     model.classifier = PerTask(model.classifier)
     return model
 
@@ -53,58 +55,40 @@ def soft_cross_entropy(student: Tensor, teacher: Tensor, temperature: float) -> 
     return -(targets * F.log_softmax(student / temperature, dim=1)).sum(dim=1).mean()
 
 
-@register_method("lwf")
-class LearningWithoutForgetting(SequentialMethod):
-    schedule_lengths: ClassVar[tuple[str, ...]] = ("epochs", "warmup_epochs")
-    defaults: ClassVar[dict[str, Any]] = {
-        **SGD_RECIPE,
-        "weight_decay": 5e-4,
-        "temperature": 2.0,
-        "distill_weight": 1.0,
-        "warmup_epochs": SGD_RECIPE["epochs"],
-        "warmup_lr": SGD_RECIPE["lr"],
-        "source_first": False,
-        "freeze_bn_statistics": False,
-    }
-    search_space: ClassVar[dict[str, Distribution]] = {
-        "lr": LogUniform(1e-3, 0.3),
-        "temperature": Choice((1.0, 2.0, 4.0)),
-        "distill_weight": LogUniform(0.1, 10.0),
-        "freeze_bn_statistics": Choice((False, True)),
-    }
+LWF_DEFAULTS: dict[str, Any] = {
+    **SGD_RECIPE,
+    "weight_decay": 5e-4,
+    "temperature": 2.0,
+    "distill_weight": 1.0,
+    "warmup_epochs": SGD_RECIPE["epochs"],
+    "warmup_lr": SGD_RECIPE["lr"],
+    "freeze_bn_statistics": False,
+}
+LWF_SEARCH: dict[str, Distribution] = {
+    "lr": LogUniform(1e-3, 0.3),
+    "temperature": Choice((1.0, 2.0, 4.0)),
+    "distill_weight": LogUniform(0.1, 10.0),
+    "freeze_bn_statistics": Choice((False, True)),
+}
 
-    def __init__(self) -> None:
-        self._phase = "train"
-        self._frozen_statistics = False
-        self._teacher: tuple[Path, nn.Module] | None = None
 
-    def skeleton(self, spec: BackboneSpec, structure: dict[str, Any]) -> nn.Module:
-        model = _with_heads(build_backbone(spec, structure["classes"][0]))
-        for classes in structure["classes"][1:]:
-            model.classifier.tasks.append(nn.Linear(model.feature_dim, classes))
-        model.lwf_tasks = list(structure["tasks"])
-        model.classifier.active = len(model.lwf_tasks) - 1
-        return model
+class OldHeadDistillation:
+    """The training both LwF protocols share (the chain here, one network per task in `lwf_per_task`): a
+    warm-up that trains only the new head (the last one) with the network and its BN statistics frozen, then
+    everything; the loss is CE on the new head plus `distill_weight` times the soft cross-entropy of each
+    old head against the teacher's answer on the same batch (`teacher_responses`)."""
 
-    def build(self, ctx: TaskContext) -> nn.Module:
-        previous = self.load_previous(ctx)
-        if previous is None:
-            model = _with_heads(first_model(ctx))
-            model.lwf_tasks = [ctx.task]
-        else:
-            model, structure = previous
-            model.classifier.tasks.append(nn.Linear(model.feature_dim, ctx.num_classes))
-            model.lwf_tasks = [*structure["tasks"], ctx.task]
-        model.classifier.active = len(model.lwf_tasks) - 1
-        return model
+    _phase = "train"
+    _frozen_statistics = False
 
-    def phases(self, ctx: TaskContext) -> list[Phase]:
+    def teacher_responses(self, ctx: TaskContext, images: Tensor) -> list[Tensor]:
+        """The old heads' targets on `images`, one per old head, from the network before this task."""
+        raise NotImplementedError
+
+    @staticmethod
+    def warmup_then_train(ctx: TaskContext, train: Phase) -> list[Phase]:
         hp = ctx.hparams
-        train = super().phases(ctx)[0]
-        if hp["source_first"] and PREVIOUS not in ctx.inputs:
-            return []  # the source task's head and network are the pre-trained ones
-        warmup = Phase.of("warmup", hp, hp["warmup_epochs"], hp["warmup_lr"])
-        return [warmup, train]
+        return [Phase.of("warmup", hp, hp["warmup_epochs"], hp["warmup_lr"]), train]
 
     def param_groups(self, model: nn.Module, phase: Phase, ctx: TaskContext) -> list[dict[str, Any]]:
         self._phase = phase.name  # the engine asks for the groups at the start of every phase
@@ -119,7 +103,54 @@ class LearningWithoutForgetting(SequentialMethod):
             for bn in batchnorms(model):
                 bn.eval()  # normalise with the pre-trained running statistics and leave them unchanged
 
-    def _old_responses(self, ctx: TaskContext, images: Tensor) -> list[Tensor]:
+    def loss(self, model: nn.Module, images: Tensor, labels: Tensor, ctx: TaskContext) -> Tensor:
+        features = model.forward_features(images)
+        heads = model.classifier.tasks
+        loss = F.cross_entropy(heads[-1](features), labels)
+        weight = ctx.hparams["distill_weight"]
+        if self._phase == "warmup" or weight == 0 or len(heads) == 1:
+            return loss
+        temperature = ctx.hparams["temperature"]
+        for head, target in zip(heads[:-1], self.teacher_responses(ctx, images), strict=True):
+            loss = loss + weight * soft_cross_entropy(head(features), target, temperature)
+        return loss
+
+
+@register_method("lwf")
+class LearningWithoutForgetting(OldHeadDistillation, SequentialMethod):
+    schedule_lengths: ClassVar[tuple[str, ...]] = ("epochs", "warmup_epochs")
+    defaults: ClassVar[dict[str, Any]] = {**LWF_DEFAULTS, "source_first": False}
+    search_space: ClassVar[dict[str, Distribution]] = LWF_SEARCH
+
+    def __init__(self) -> None:
+        self._teacher: tuple[Path, nn.Module] | None = None
+
+    def skeleton(self, spec: BackboneSpec, structure: dict[str, Any]) -> nn.Module:
+        model = with_heads(build_backbone(spec, structure["classes"][0]))
+        for classes in structure["classes"][1:]:
+            model.classifier.tasks.append(nn.Linear(model.feature_dim, classes))
+        model.lwf_tasks = list(structure["tasks"])
+        model.classifier.active = len(model.lwf_tasks) - 1
+        return model
+
+    def build(self, ctx: TaskContext) -> nn.Module:
+        previous = self.load_previous(ctx)
+        if previous is None:
+            model = with_heads(first_model(ctx))
+            model.lwf_tasks = [ctx.task]
+        else:
+            model, structure = previous
+            model.classifier.tasks.append(nn.Linear(model.feature_dim, ctx.num_classes))
+            model.lwf_tasks = [*structure["tasks"], ctx.task]
+        model.classifier.active = len(model.lwf_tasks) - 1
+        return model
+
+    def phases(self, ctx: TaskContext) -> list[Phase]:
+        if ctx.hparams["source_first"] and PREVIOUS not in ctx.inputs:
+            return []  # the source task's head and network are the pre-trained ones
+        return self.warmup_then_train(ctx, super().phases(ctx)[0])
+
+    def teacher_responses(self, ctx: TaskContext, images: Tensor) -> list[Tensor]:
         folder = ctx.inputs[PREVIOUS]
         if self._teacher is None or self._teacher[0] != folder:
             teacher, _ = self.load_previous(ctx)
@@ -129,18 +160,6 @@ class LearningWithoutForgetting(SequentialMethod):
         with torch.no_grad():
             features = teacher.forward_features(images)
             return [head(features) for head in teacher.classifier.tasks]
-
-    def loss(self, model: nn.Module, images: Tensor, labels: Tensor, ctx: TaskContext) -> Tensor:
-        features = model.forward_features(images)
-        heads = model.classifier.tasks
-        loss = F.cross_entropy(heads[-1](features), labels)
-        weight = ctx.hparams["distill_weight"]
-        if self._phase == "warmup" or weight == 0 or PREVIOUS not in ctx.inputs:
-            return loss
-        temperature = ctx.hparams["temperature"]
-        for head, target in zip(heads[:-1], self._old_responses(ctx, images), strict=True):
-            loss = loss + weight * soft_cross_entropy(head(features), target, temperature)
-        return loss
 
     def structure(self, model: nn.Module) -> dict[str, Any]:
         return {

@@ -24,9 +24,10 @@ CHAIN_PREDICTIONS_FILE = "continual-predictions.npz"  # test predictions of the 
 PREVIOUS = "previous"  # the input naming a chain step's previous step
 
 
-# Hyper-parameters `plan_chain` sets per step (PackNet leaves the chain's last task unpruned): the steps of
-# one chain differ in them, so rows and bundles group a chain's steps without them.
-STEP_KEYS = ("last_in_chain",)
+# Hyper-parameters a method's `plan_runs` sets per run (PackNet leaves the chain's last task unpruned;
+# `lwf_per_task`'s run on the source task is the pre-trained network): the runs of one setting differ in
+# them, so rows and bundles group them without these keys.
+STEP_KEYS = ("last_in_chain", "source_task")
 
 
 def setting(hparams: dict[str, Any]) -> dict[str, Any]:

@@ -337,14 +337,31 @@ class Method:
         return {}
 
 
-def pretrained_backbone(ctx: TaskContext) -> Backbone:
-    """The pre-trained network with a fresh classifier for the task."""
+def pretrained_network(ctx: TaskContext) -> Backbone:
+    """The pre-trained network with its own classifier (the source task's)."""
     if ctx.pretrained is None:
         raise VddError(
             f"task {ctx.task}: this method needs a pre-trained backbone; pass --backbone-checkpoint"
         )
     model = build_backbone(ctx.spec, ctx.pretrained_classes)
     model.load_state_dict(ctx.pretrained)
+    return model
+
+
+def source_task_network(ctx: TaskContext, key: str) -> Backbone:
+    """The pre-trained network with its own classifier, for a run whose hyper-parameter `key` says its task
+    is the backbone's source task (refused when the class counts disagree)."""
+    if ctx.num_classes != ctx.pretrained_classes:
+        raise VddError(
+            f"{key}: task {ctx.task} has {ctx.num_classes} classes, the backbone's source task "
+            f"{ctx.pretrained_classes}: it is not the source task, set {key}=false"
+        )
+    return pretrained_network(ctx)
+
+
+def pretrained_backbone(ctx: TaskContext) -> Backbone:
+    """The pre-trained network with a fresh classifier for the task."""
+    model = pretrained_network(ctx)
     model.reset_classifier(ctx.num_classes)
     return model
 

@@ -20,14 +20,21 @@ import torch
 from torch import nn
 
 from vdd_bench.augment import AugmentSpec
-from vdd_bench.backbones import Backbone, BackboneSpec, build_backbone, load_weights
+from vdd_bench.backbones import Backbone, BackboneSpec, load_weights
 from vdd_bench.benchmark import Benchmark
 from vdd_bench.chains import CHAIN_PREDICTIONS_FILE, CONTINUAL_FILE, PREVIOUS, longest_chain
 from vdd_bench.config import RunRequest, TaskPlanner
 from vdd_bench.device import Device, pick_device
 from vdd_bench.engine import predict
 from vdd_bench.errors import VddError
-from vdd_bench.method import METHODS, Method, TaskContext, get_method, pretrained_backbone
+from vdd_bench.method import (
+    METHODS,
+    Method,
+    TaskContext,
+    get_method,
+    pretrained_backbone,
+    source_task_network,
+)
 from vdd_bench.record import RunRecord
 from vdd_bench.runner import load_run_model, task_images, task_transform
 from vdd_bench.store import RunStore, atomic_write_bytes, atomic_write_json
@@ -111,16 +118,9 @@ class PerTask(nn.Module):
 def first_model(ctx: TaskContext) -> Backbone:
     """The pre-trained network a chain starts from: with its own classifier when the first task is the
     backbone's source task (`source_first`), else with a fresh one for the task."""
-    if not ctx.hparams["source_first"]:
-        return pretrained_backbone(ctx)
-    if ctx.num_classes != ctx.pretrained_classes:
-        raise VddError(
-            f"source_first: task {ctx.task} has {ctx.num_classes} classes, the backbone's source task "
-            f"{ctx.pretrained_classes}: it is not the source task, set source_first=false"
-        )
-    model = build_backbone(ctx.spec, ctx.pretrained_classes)
-    model.load_state_dict(ctx.pretrained)
-    return model
+    if ctx.hparams["source_first"]:
+        return source_task_network(ctx, "source_first")
+    return pretrained_backbone(ctx)
 
 
 def sequential_method(name: str) -> SequentialMethod:
