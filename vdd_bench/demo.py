@@ -30,16 +30,17 @@ from vdd_bench.tasks.toy import TOY_RESOLUTION, TOY_SOURCE, generate_toy
 # the methods' published recipes scaled by TOY_EPOCH_SCALE (120 -> 2 epochs for the SGD recipe; at least 1
 # epoch per phase), on batches small enough for a few hundred training images. Piggyback's new classifier
 # gets a larger lr than its masks (a 1-epoch Adam at 1e-4 leaves it untrained). LwF's warm-up (only the new
-# head trains) is 1 epoch instead of as long as the main stage. NetTailor's teacher is the fine-tuning run
-# itself (its own recipe, 90 epochs at lr 0.01 and batch 256, would leave it near chance in 2 epochs), its
-# student trains at the demo scripts' lr 0.1 for 2 epochs and its retraining 1, and it tries two candidate
-# prunings (0 and 6 blocks removed) instead of every k.
+# head trains; chain and per task) is 1 epoch instead of as long as the main stage. NetTailor's teacher is
+# the fine-tuning run itself (its own recipe, 90 epochs at lr 0.01 and batch 256, would leave it near chance
+# in 2 epochs), its student trains at the demo scripts' lr 0.1 for 2 epochs and its retraining 1, and it
+# tries two candidate prunings (0 and 6 blocks removed) instead of every k.
 TOY_BACKBONE = BackboneSpec("resnet26", width=0.125)
 TOY_EPOCH_SCALE = 1 / 60
 TOY_HPARAMS = {
     "all": {"batch_size": 32},
     "piggyback": {"classifier_lr": 0.01},
     "lwf": {"warmup_epochs": 60},
+    "lwf_per_task": {"warmup_epochs": 60},
     "nettailor": {
         "candidates": [0, 6],
         **{f"teacher_{key}": SGD_RECIPE[key] for key in ("epochs", "lr", "weight_decay", "milestones")},
