@@ -25,7 +25,7 @@ from vdd_bench.record import RunRecord
 from vdd_bench.store import RunStore
 
 
-def correct(results: Path, run: RunRecord) -> dict[str, bool]:
+def correct(results: Path, run: RunRecord) -> dict[int, bool]:
     """Test image id -> whether the cell's network predicted it right: the run's own, or for a chain step
     the network at the end of its chain (the labels are the step's, on the same images)."""
     saved = np.load(results / "runs" / run.run_id / "predictions.npz")
